@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# simclr-mura experiment driver.
+#
+#   bash run.sh demo            synthetic MURA -> TFDS build -> the main job, end to end on this machine
+#   bash run.sh test            install the test extra and run the whole test suite
+#   bash run.sh synth [ARGS]    write a synthetic MURA-v1.1 tree (python -m tfds_mura.synthetic)
+#   bash run.sh build [ARGS]    build the `mura` TFDS dataset from a MURA-v1.1 folder or zip
+#
+# Without an active virtualenv, a local one is created in .venv and the package installed into it
+# (re-installed only when setup.py changes). Settings come from the environment:
+#   WORK_DIR   where demo/synth/build write           (default: ./work_dirs)
+#   SCALE      synthetic scale for demo/synth         (default: 0.02, about 800 images)
+#   PYTHON     interpreter used to create .venv        (default: python3, must be >= 3.11)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+WORK_DIR="${WORK_DIR:-$ROOT/work_dirs}"
+SCALE="${SCALE:-0.02}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+say() { printf '\n==> %s\n' "$*"; }
+die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Activate (or create) the environment and install the package with the given extras.
+ensure_env() {
+  local extras="$1"
+  if [[ -z "${VIRTUAL_ENV:-}" ]]; then
+    if [[ ! -x .venv/bin/python ]]; then
+      local py="${PYTHON:-python3}"
+      command -v "$py" >/dev/null || die "$py not found; install Python >= 3.11 or set PYTHON=/path/to/python3.11"
+      "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$py is $("$py" -V 2>&1); simclr-mura needs Python >= 3.11 (set PYTHON=...)"
+      say "creating virtualenv .venv with $("$py" -V 2>&1)"
+      "$py" -m venv .venv
+    fi
+    # shellcheck disable=SC1091
+    source .venv/bin/activate
+  fi
+  local stamp="$VIRTUAL_ENV/.simclr_mura_installed"
+  local want
+  want="$(sha1sum < setup.py | cut -c1-12)-[$extras]-$ROOT"
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    say "installing simclr-mura[$extras] into $VIRTUAL_ENV (first run downloads TensorFlow, ~600 MB)"
+    python -m pip install --quiet --upgrade pip
+    python -m pip install --quiet -e ".[$extras]" || die "pip install failed (see the messages above)"
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd_synth() {
+  ensure_env test
+  local out="$WORK_DIR/manual"
+  if [[ $# -eq 0 ]]; then
+    set -- --out "$out" --scale "$SCALE"
+  fi
+  say "writing synthetic MURA-v1.1: python -m tfds_mura.synthetic $*"
+  python -m tfds_mura.synthetic "$@"
+}
+
+cmd_build() {
+  ensure_env test
+  if [[ $# -eq 0 ]]; then
+    set -- --manual_dir "$WORK_DIR/manual" --data_dir "$WORK_DIR/tfds"
+  fi
+  say "building the mura TFDS dataset: python -m tfds_mura.build $*"
+  python -m tfds_mura.build "$@"
+}
+
+cmd_demo() {
+  ensure_env test
+  if [[ -f "$WORK_DIR/manual/MURA-v1.1/train_image_paths.csv" ]]; then
+    say "reusing synthetic MURA in $WORK_DIR/manual"
+  else
+    cmd_synth --out "$WORK_DIR/manual" --scale "$SCALE" --seed 0
+  fi
+  cmd_build --manual_dir "$WORK_DIR/manual" --data_dir "$WORK_DIR/tfds"
+  say "demo finished: TFDS data in $WORK_DIR/tfds"
+}
+
+cmd_test() {
+  ensure_env test
+  say "running the test suite: python -m pytest $*"
+  python -m pytest "$@"
+}
+
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+
+main() {
+  local cmd="${1:-}"
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+    demo) cmd_demo "$@" ;;
+    test) cmd_test "$@" ;;
+    synth) cmd_synth "$@" ;;
+    build) cmd_build "$@" ;;
+    -h|--help|help) usage ;;
+    "") usage; die "no command given" ;;
+    *) usage; die "unknown command '$cmd'" ;;
+  esac
+}
+
+main "$@"
