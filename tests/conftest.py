@@ -18,3 +18,20 @@ def _split_cpu():
 
 
 _split_cpu()
+
+
+import pytest  # noqa: E402
+
+# Every MirroredStrategy created in one process numbers its collective ops from the same base key;
+# a second strategy whose collectives have other shapes then fails with "Shape mismatch in the
+# collective instance". Tests create many strategies in one process, so each test gets its own key
+# range (TensorFlow's own distribute tests do the same).
+_COLLECTIVE_KEY_STRIDE = 100_000
+
+
+@pytest.fixture(autouse=True)
+def _fresh_collective_keys():
+    cls = tf.distribute.MirroredStrategy
+    if hasattr(cls, '_collective_key_base'):
+        cls._collective_key_base += _COLLECTIVE_KEY_STRIDE
+    yield

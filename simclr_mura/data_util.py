@@ -1,0 +1,298 @@
+"""SimCLR image augmentations (behaviour of google-research/simclr `tf2/data_util.py`).
+
+Every function is a pure TensorFlow function with explicit arguments, usable inside
+`tf.data` map functions and `tf.function`. Images are float32 in [0, 1] unless a function
+says otherwise. Randomness comes from TensorFlow's stateful random ops, so a global
+`tf.random.set_seed` makes a run repeatable.
+
+Two-view pretraining uses `preprocess_image(..., is_training=True, color_jitter_strength=s)`
+per view in the input pipeline; the Gaussian blur is *not* part of the pipeline but is
+applied by the model on each view's batch with `batch_random_blur`.
+"""
+from typing import List, Sequence, Tuple
+
+import tensorflow as tf
+
+CROP_PROPORTION = 0.875  # Standard central-crop ratio for ImageNet-style evaluation.
+
+# Random-resized-crop constants of the original.
+_MIN_OBJECT_COVERED = 0.1
+_AREA_RANGE = (0.08, 1.0)
+_MAX_ATTEMPTS = 100
+
+_BICUBIC = tf.image.ResizeMethod.BICUBIC
+
+
+def random_apply(func, p, x):
+    """Returns `func(x)` with probability `p`, else `x` (one draw per call)."""
+    return tf.cond(
+        tf.less(tf.random.uniform([], minval=0, maxval=1, dtype=tf.float32),
+                tf.cast(p, tf.float32)),
+        lambda: func(x),
+        lambda: x)
+
+
+def grayscale_to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """Returns a 3-channel image: 1-channel input (e.g. a MURA radiograph) is tiled to RGB.
+
+    3-channel input is returned unchanged. This is the single place where grey images
+    enter the RGB augmentation pipeline, which (like the original) assumes 3 channels.
+    """
+    image = tf.convert_to_tensor(image)
+    channels = image.shape[-1]
+    if channels == 3:
+        return image
+    if channels == 1:
+        return tf.tile(image, [1] * (image.shape.rank - 1) + [3])
+    if channels is not None:
+        raise ValueError(
+            f'Expected an image with 1 or 3 channels, got shape {image.shape}. '
+            'Decode images with channels=1 or channels=3.')
+    # Channel count unknown at trace time (e.g. decode_image without `channels`).
+    num = tf.shape(image)[-1]
+    check = tf.debugging.Assert(
+        tf.logical_or(tf.equal(num, 1), tf.equal(num, 3)),
+        ['Expected an image with 1 or 3 channels, got', num])
+    with tf.control_dependencies([check]):
+        tiled = tf.cond(tf.equal(num, 1),
+                        lambda: tf.repeat(image, 3, axis=-1),
+                        lambda: tf.identity(image))
+    tiled.set_shape(image.shape[:-1].concatenate([3]))
+    return tiled
+
+
+def to_grayscale(image: tf.Tensor, keep_channels: bool = True) -> tf.Tensor:
+    """ITU-R 601 luma (`tf.image.rgb_to_grayscale`), tiled back to 3 channels if asked."""
+    image = tf.image.rgb_to_grayscale(image)
+    if keep_channels:
+        image = tf.tile(image, [1, 1, 3])
+    return image
+
+
+def random_brightness(image, max_delta, impl='simclrv2'):
+    """Brightness jitter.
+
+    'simclrv2' (used by SimCLR v2 and the TF2 code): multiply by a factor drawn from
+    U[max(1 - max_delta, 0), 1 + max_delta]. 'simclrv1': additive `random_brightness`.
+    """
+    if impl == 'simclrv2':
+        factor = tf.random.uniform([], tf.maximum(1.0 - max_delta, 0), 1.0 + max_delta)
+        return image * factor
+    if impl == 'simclrv1':
+        return tf.image.random_brightness(image, max_delta=max_delta)
+    raise ValueError(f'Unknown brightness impl {impl!r}; use "simclrv2" or "simclrv1".')
+
+
+def _jitter_ops(brightness, contrast, saturation, hue, impl):
+    """The four colour ops; a zero strength makes an op the identity (no random draw)."""
+    def make(strength, op):
+        if strength == 0:
+            return lambda x: x
+        return op
+
+    return [
+        make(brightness, lambda x: random_brightness(x, max_delta=brightness, impl=impl)),
+        make(contrast, lambda x: tf.image.random_contrast(
+            x, lower=1 - contrast, upper=1 + contrast)),
+        make(saturation, lambda x: tf.image.random_saturation(
+            x, lower=1 - saturation, upper=1 + saturation)),
+        make(hue, lambda x: tf.image.random_hue(x, max_delta=hue)),
+    ]
+
+
+def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2'):
+    """Applies brightness, contrast, saturation and hue in a random order, clipping after each."""
+    ops = _jitter_ops(brightness, contrast, saturation, hue, impl)
+    order = tf.random.shuffle(tf.range(4))
+    for i in range(4):
+        branches = [(lambda op=op, x=image: op(x)) for op in ops]
+        image = tf.switch_case(order[i], branches)
+        image = tf.clip_by_value(image, 0., 1.)
+    return image
+
+
+def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2'):
+    """Applies the four colour ops in the fixed order (unused by SimCLR training)."""
+    for op in _jitter_ops(brightness, contrast, saturation, hue, impl):
+        image = tf.clip_by_value(op(image), 0., 1.)
+    return image
+
+
+def color_jitter(image, strength, random_order=True, impl='simclrv2'):
+    """Colour jitter of strength s: brightness/contrast/saturation 0.8s, hue 0.2s."""
+    fn = color_jitter_rand if random_order else color_jitter_nonrand
+    return fn(image, brightness=0.8 * strength, contrast=0.8 * strength,
+              saturation=0.8 * strength, hue=0.2 * strength, impl=impl)
+
+
+def random_color_jitter(image, p=1.0, strength=1.0, impl='simclrv2'):
+    """With prob p: colour jitter (p=0.8), then independently grayscale (p=0.2)."""
+    def _transform(x):
+        x = random_apply(lambda y: color_jitter(y, strength=strength, impl=impl), p=0.8, x=x)
+        return random_apply(to_grayscale, p=0.2, x=x)
+    return random_apply(_transform, p=p, x=image)
+
+
+def center_crop_box(image_height, image_width, height, width, crop_proportion):
+    """Returns `[offset_height, offset_width, crop_height, crop_width]` (int32) of the eval crop.
+
+    The crop keeps the requested aspect ratio and covers `crop_proportion` of the limiting
+    side (sides rounded with rint, offset `((dim - crop) + 1) // 2`). As in the original,
+    the requested ratio is `height / width` and it is compared with the image's
+    `width / height`; the two agree for the square outputs SimCLR uses.
+    """
+    aspect_ratio = height / width
+    image_height = tf.cast(image_height, tf.int32)
+    image_width = tf.cast(image_width, tf.int32)
+    h_float = tf.cast(image_height, tf.float32)
+    w_float = tf.cast(image_width, tf.float32)
+
+    def _limited_by_width():
+        return (tf.cast(tf.math.rint(crop_proportion / aspect_ratio * w_float), tf.int32),
+                tf.cast(tf.math.rint(crop_proportion * w_float), tf.int32))
+
+    def _limited_by_height():
+        return (tf.cast(tf.math.rint(crop_proportion * h_float), tf.int32),
+                tf.cast(tf.math.rint(crop_proportion * aspect_ratio * h_float), tf.int32))
+
+    crop_height, crop_width = tf.cond(aspect_ratio > w_float / h_float,
+                                      _limited_by_width, _limited_by_height)
+    offset_height = ((image_height - crop_height) + 1) // 2
+    offset_width = ((image_width - crop_width) + 1) // 2
+    return tf.stack([offset_height, offset_width, crop_height, crop_width])
+
+
+def center_crop(image, height, width, crop_proportion):
+    """Central crop (see `center_crop_box`) resized to (height, width) with bicubic; not clipped."""
+    shape = tf.shape(image)
+    box = center_crop_box(shape[0], shape[1], height, width, crop_proportion)
+    image = tf.image.crop_to_bounding_box(image, box[0], box[1], box[2], box[3])
+    return tf.image.resize([image], [height, width], method=_BICUBIC)[0]
+
+
+def random_crop_box(image_shape, height, width):
+    """Samples SimCLR's random crop box for an image of `image_shape` (H, W, C).
+
+    `sample_distorted_bounding_box` with the whole image as the object box,
+    min_object_covered 0.1, aspect ratios (3/4, 4/3) x width/height, area (0.08, 1.0) of
+    the image and 100 attempts; if no box is found it returns the whole image.
+    Returns (offset_y, offset_x, crop_height, crop_width) int32 scalars.
+    """
+    bbox = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=tf.float32, shape=[1, 1, 4])
+    aspect_ratio = width / height
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        image_shape,
+        bounding_boxes=bbox,
+        min_object_covered=_MIN_OBJECT_COVERED,
+        aspect_ratio_range=(3. / 4 * aspect_ratio, 4. / 3. * aspect_ratio),
+        area_range=_AREA_RANGE,
+        max_attempts=_MAX_ATTEMPTS,
+        use_image_if_no_bounding_boxes=True)
+    offset_y, offset_x, _ = tf.unstack(begin)
+    crop_height, crop_width, _ = tf.unstack(size)
+    return offset_y, offset_x, crop_height, crop_width
+
+
+def crop_and_resize(image, height, width):
+    """Random resized crop (`random_crop_box`) to (height, width): bicubic, no antialias."""
+    offset_y, offset_x, crop_height, crop_width = random_crop_box(tf.shape(image), height, width)
+    image = tf.image.crop_to_bounding_box(image, offset_y, offset_x, crop_height, crop_width)
+    return tf.image.resize([image], [height, width], method=_BICUBIC)[0]
+
+
+def random_crop_with_resize(image, height, width, p=1.0):
+    """`crop_and_resize` with probability p (SimCLR always uses p = 1)."""
+    return random_apply(lambda x: crop_and_resize(x, height, width), p=p, x=image)
+
+
+def gaussian_blur(image, kernel_size, sigma, padding='SAME'):
+    """Separable, depthwise Gaussian blur of a (H, W, C) or (B, H, W, C) image.
+
+    The kernel has 2r + 1 taps, r = int(kernel_size / 2), weights exp(-x^2 / (2 sigma^2))
+    normalised to sum 1; the horizontal pass runs first, 'SAME' pads with zeros.
+    """
+    image = tf.convert_to_tensor(image)
+    radius = int(kernel_size / 2)
+    taps = 2 * radius + 1
+    sigma = tf.cast(sigma, tf.float32)
+    x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
+    weights = tf.exp(-tf.pow(x, 2.0) / (2.0 * tf.pow(sigma, 2.0)))
+    weights = weights / tf.reduce_sum(weights)
+    channels = tf.shape(image)[-1]
+    kernel_h = tf.tile(tf.reshape(weights, [1, taps, 1, 1]), [1, 1, channels, 1])
+    kernel_v = tf.tile(tf.reshape(weights, [taps, 1, 1, 1]), [1, 1, channels, 1])
+    single = image.shape.rank == 3
+    if single:
+        image = tf.expand_dims(image, axis=0)
+    out = tf.nn.depthwise_conv2d(image, kernel_h, strides=[1, 1, 1, 1], padding=padding)
+    out = tf.nn.depthwise_conv2d(out, kernel_v, strides=[1, 1, 1, 1], padding=padding)
+    if single:
+        out = tf.squeeze(out, axis=0)
+    return out
+
+
+def random_blur(image, height, width, p=1.0):
+    """With probability p, blurs with sigma ~ U(0.1, 2.0) and kernel_size = height // 10."""
+    del width  # The original sizes the kernel from the height only.
+
+    def _transform(x):
+        sigma = tf.random.uniform([], 0.1, 2.0, dtype=tf.float32)
+        return gaussian_blur(x, kernel_size=height // 10, sigma=sigma, padding='SAME')
+    return random_apply(_transform, p=p, x=image)
+
+
+def batch_random_blur(images_list: Sequence[tf.Tensor], height: int, width: int,
+                      blur_probability: float = 0.5) -> List[tf.Tensor]:
+    """Blurs each view batch (B, H, W, 3) with one shared sigma, kept per example w.p. p.
+
+    For every tensor in `images_list`: one sigma ~ U(0.1, 2.0) for the whole batch,
+    kernel_size = height // 10, then a per-example Bernoulli(blur_probability) chooses
+    the blurred or the original image; the result is clipped to [0, 1].
+    """
+    out = []
+    for images in images_list:
+        blurred = random_blur(images, height, width, p=1.0)
+        keep_blur = tf.less(
+            tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0, 1, dtype=tf.float32),
+            blur_probability)
+        images = tf.where(keep_blur, blurred, images)
+        out.append(tf.clip_by_value(images, 0., 1.))
+    return out
+
+
+def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=True,
+                         flip=True, impl='simclrv2'):
+    """One training view: random resized crop, flip, colour distortion, reshape, clip."""
+    if crop:
+        image = random_crop_with_resize(image, height, width)
+    if flip:
+        image = tf.image.random_flip_left_right(image)
+    if color_jitter_strength > 0:
+        image = random_color_jitter(image, strength=color_jitter_strength, impl=impl)
+    image = tf.reshape(image, [height, width, 3])
+    return tf.clip_by_value(image, 0., 1.)
+
+
+def preprocess_for_eval(image, height, width, crop=True):
+    """Eval view: 0.875 central crop + bicubic resize (if crop), reshape, clip.
+
+    With `crop=False` (the original uses it when image_size <= 32) the image must
+    already be (height, width, 3).
+    """
+    if crop:
+        image = center_crop(image, height, width, crop_proportion=CROP_PROPORTION)
+    image = tf.reshape(image, [height, width, 3])
+    return tf.clip_by_value(image, 0., 1.)
+
+
+def preprocess_image(image, height, width, is_training=False, color_jitter_strength=0.,
+                     test_crop=True):
+    """Converts to float32 in [0, 1] (uint8 is scaled by 1/255), grey -> RGB, then augments.
+
+    Training always uses the random resized crop and flip; `test_crop` only affects eval.
+    """
+    image = tf.image.convert_image_dtype(image, dtype=tf.float32)
+    image = grayscale_to_rgb(image)
+    if is_training:
+        return preprocess_for_train(image, height, width, color_jitter_strength)
+    return preprocess_for_eval(image, height, width, test_crop)

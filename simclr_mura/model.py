@@ -1,0 +1,358 @@
+"""SimCLR model: ResNet backbone, projection head, supervised head, and weight decay.
+
+Ports google-research/simclr `tf2/model.py` (heads and the two-view `Model`) with explicit
+arguments instead of absl flags, and with the original's head bugs fixed:
+`proj_head_mode='linear'` and `'none'` work, and `zero_init_logits_layer` really zeroes the
+supervised head (also when restoring a checkpoint whose head has another class count, see
+`restore_model_weights`). Checkpoint object paths are identical to the original's.
+"""
+import dataclasses
+import os
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from simclr_mura import data_util
+from simclr_mura import resnet
+from simclr_mura.schedule import WarmUpAndCosineDecay, get_train_steps  # noqa: F401
+
+PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
+TRAIN_MODES = ('pretrain', 'finetune')
+OPTIMIZERS = ('momentum', 'adam', 'lars')
+# Checkpoint key of the supervised head's kernel (object path of the original's Model).
+HEAD_KERNEL_KEY = 'model/supervised_head/linear_layer/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE'
+
+
+def _dense_initializer(zero_init: bool) -> tf_keras.initializers.Initializer:
+    if zero_init:
+        return tf_keras.initializers.Zeros()
+    return tf_keras.initializers.RandomNormal(stddev=0.01)
+
+
+class LinearLayer(tf_keras.layers.Layer):
+    """Dense layer, optionally followed by BatchNorm (attributes `dense` and `bn_relu`).
+
+    With BN the Dense has no bias; `use_bias` then decides whether the BN has a beta (center),
+    so the BN beta plays the role of the bias, as in the original.
+
+    Args:
+      num_classes: output width, or None for "same as the input width" (known at build).
+      use_bias: Dense bias without BN, BN center with BN.
+      use_bn: add BatchNorm (no ReLU; the projection head applies it).
+      zero_init: initialise the Dense kernel with zeros instead of N(0, 0.01).
+      bn_config: BatchNorm settings.
+    """
+
+    def __init__(self, num_classes: Optional[int], use_bias: bool = True, use_bn: bool = False,
+                 zero_init: bool = False, bn_config: Optional[resnet.BatchNormConfig] = None,
+                 name: str = 'linear_layer', **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.use_bias = use_bias
+        self.use_bn = use_bn
+        self.zero_init = zero_init
+        if use_bn:
+            self.bn_relu = resnet.BatchNormRelu(bn_config or resnet.BatchNormConfig(),
+                                                relu=False, center=use_bias)
+
+    def build(self, input_shape):
+        # The Dense is created here because the middle projection layers take their width from
+        # the input (Keras rejects a placeholder width at construction).
+        units = self.num_classes or int(input_shape[-1])
+        self.dense = tf_keras.layers.Dense(
+            units, use_bias=self.use_bias and not self.use_bn,
+            kernel_initializer=_dense_initializer(self.zero_init), bias_initializer='zeros')
+        super().build(input_shape)
+
+    def call(self, inputs, training=None):
+        if inputs.shape.rank != 2:
+            raise ValueError(f'LinearLayer expects (batch, features) inputs, got {inputs.shape}.')
+        outputs = self.dense(inputs)
+        if self.use_bn:
+            outputs = self.bn_relu(outputs, training=training)
+        return outputs
+
+
+class ProjectionHead(tf_keras.layers.Layer):
+    """SimCLR projection head; call returns (proj_output, hiddens_list[ft_proj_selector]).
+
+    hiddens_list = [head input, ReLU(layer 0), ..., ReLU(layer L-2), layer L-1 output].
+    `nonlinear`: L layers, middle ones Dense(no bias) -> BN(center) -> ReLU, the last
+    Dense(no bias, proj_out_dim) -> BN(no center). `linear`: one Dense -> BN(no center).
+    `none`: identity (proj_output is the input).
+    """
+
+    def __init__(self, proj_head_mode: str = 'nonlinear', num_proj_layers: int = 3,
+                 proj_out_dim: int = 128, ft_proj_selector: int = 0,
+                 bn_config: Optional[resnet.BatchNormConfig] = None,
+                 name: str = 'projection_head', **kwargs):
+        super().__init__(name=name, **kwargs)
+        if proj_head_mode not in PROJ_HEAD_MODES:
+            raise ValueError(f'proj_head_mode={proj_head_mode!r}; use one of {PROJ_HEAD_MODES}.')
+        if proj_head_mode == 'nonlinear' and num_proj_layers < 1:
+            raise ValueError(f'num_proj_layers must be >= 1 for a nonlinear head, '
+                             f'got {num_proj_layers}.')
+        bn_config = bn_config or resnet.BatchNormConfig()
+        num_layers = {'none': 0, 'linear': 1, 'nonlinear': num_proj_layers}[proj_head_mode]
+        if not -(num_layers + 1) <= ft_proj_selector <= num_layers:
+            raise ValueError(f'ft_proj_selector={ft_proj_selector} is out of range for a head '
+                             f'with {num_layers} layer(s): use -{num_layers + 1}..{num_layers}.')
+        self.proj_head_mode = proj_head_mode
+        self.proj_out_dim = proj_out_dim
+        self.ft_proj_selector = ft_proj_selector
+        self.num_layers = num_layers
+        self.linear_layers = []
+        for j in range(num_layers):
+            last = j == num_layers - 1
+            prefix = 'l' if proj_head_mode == 'linear' else 'nl'
+            self.linear_layers.append(LinearLayer(
+                proj_out_dim if last else None, use_bias=not last, use_bn=True,
+                bn_config=bn_config, name=f'{prefix}_{j}'))
+
+    def hidden_dims(self, input_dim: int) -> List[int]:
+        """Widths of hiddens_list for a given head-input width."""
+        if not self.num_layers:
+            return [input_dim]
+        # The input and the middle layers keep the width; the last layer has proj_out_dim.
+        return [input_dim] * self.num_layers + [self.proj_out_dim]
+
+    def call(self, inputs, training=None, return_endpoints: bool = False):
+        """Returns (proj_output, selected hidden), plus an endpoint dict if requested."""
+        hiddens_list = [inputs]
+        endpoints = {'proj_head_input': inputs}
+        for j, layer in enumerate(self.linear_layers):
+            hiddens = layer(hiddens_list[-1], training=training)
+            endpoints[f'proj_head_layer{j}_output'] = hiddens
+            if j != self.num_layers - 1:
+                hiddens = tf.nn.relu(hiddens)
+            hiddens_list.append(hiddens)
+        endpoints['proj_head_output'] = hiddens_list[-1]
+        outputs = (hiddens_list[-1], hiddens_list[self.ft_proj_selector])
+        return outputs + (endpoints,) if return_endpoints else outputs
+
+
+class SupervisedHead(tf_keras.layers.Layer):
+    """Linear classifier (Dense with bias; kernel N(0, 0.01) or zeros, bias zeros).
+
+    Variables are named `head_supervised/...`, which LARS uses to exclude them.
+    """
+
+    def __init__(self, num_classes: int, zero_init: bool = False, name: str = 'head_supervised',
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        if num_classes < 1:
+            raise ValueError(f'num_classes must be >= 1, got {num_classes}.')
+        self.num_classes = num_classes
+        self.linear_layer = LinearLayer(num_classes, zero_init=zero_init)
+
+    def zero_init(self) -> None:
+        """Zeroes the kernel and bias now if built, and makes a later build start from zeros."""
+        self.linear_layer.zero_init = True
+        if self.linear_layer.built:
+            for variable in self.linear_layer.dense.weights:
+                variable.assign(tf.zeros_like(variable))
+
+    def call(self, inputs, training=None):
+        return self.linear_layer(inputs, training=training)
+
+
+class Model(tf_keras.Model):
+    """The SimCLR model: views split on channels, stacked on the batch, ResNet, heads.
+
+    Input (B, H, W, 3 * num_views). Outputs of call(inputs, training):
+      finetune: (None, logits); pretrain + linear eval: (proj, logits of the head on
+      stop_gradient features); pretrain without linear eval: (proj, None).
+    Rows [0, B) of every output are view 1, [B, 2B) view 2, and so on.
+
+    Args:
+      num_classes: supervised-head width.
+      train_mode: 'pretrain' or 'finetune'.
+      lineareval_while_pretraining: add the stop-gradient supervised head when pretraining.
+      image_size: input size; <= 32 selects the CIFAR stem; also sizes the blur kernel.
+      use_blur: batch Gaussian blur of each view when training in pretrain mode.
+      zero_init_logits_layer: start the supervised head from zeros.
+      Others: see resnet.ResNet and ProjectionHead.
+    """
+
+    def __init__(self, num_classes: int, train_mode: str = 'pretrain',
+                 lineareval_while_pretraining: bool = True, resnet_depth: int = 50,
+                 width_multiplier: int = 1, sk_ratio: float = 0.0, se_ratio: float = 0.0,
+                 image_size: int = 224, global_bn: bool = True,
+                 batch_norm_decay: float = resnet.BATCH_NORM_DECAY,
+                 proj_head_mode: str = 'nonlinear', proj_out_dim: int = 128,
+                 num_proj_layers: int = 3, ft_proj_selector: int = 0,
+                 fine_tune_after_block: int = -1, use_blur: bool = True,
+                 zero_init_logits_layer: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if train_mode not in TRAIN_MODES:
+            raise ValueError(f'train_mode={train_mode!r}; use one of {TRAIN_MODES}.')
+        if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
+            raise ValueError(f'fine_tune_after_block must be in -1..4, '
+                             f'got {fine_tune_after_block}.')
+        self.train_mode = train_mode
+        self.image_size = image_size
+        self.use_blur = use_blur
+        self.fine_tune_after_block = fine_tune_after_block
+        self.lineareval_while_pretraining = lineareval_while_pretraining
+        # Freezing only exists in fine-tuning, as in the original.
+        self.resnet_model = resnet.resnet(
+            resnet_depth, width_multiplier, cifar_stem=image_size <= 32, sk_ratio=sk_ratio,
+            se_ratio=se_ratio,
+            fine_tune_after_block=fine_tune_after_block if train_mode == 'finetune' else -1,
+            global_bn=global_bn, batch_norm_decay=batch_norm_decay)
+        bn_config = resnet.BatchNormConfig(global_bn, batch_norm_decay)
+        self._projection_head = ProjectionHead(proj_head_mode, num_proj_layers, proj_out_dim,
+                                               ft_proj_selector, bn_config)
+        self.supervised_head = None
+        if train_mode == 'finetune' or lineareval_while_pretraining:
+            self.supervised_head = SupervisedHead(num_classes, zero_init=zero_init_logits_layer)
+
+    @property
+    def projection_head(self) -> ProjectionHead:
+        """The projection head (stored as `_projection_head`, the original's checkpoint name)."""
+        return self._projection_head
+
+    def supervised_head_input_dim(self) -> int:
+        """Width of the features fed to the supervised head (known without building)."""
+        dims = self._projection_head.hidden_dims(self.resnet_model.output_dim)
+        return dims[self._projection_head.ft_proj_selector]
+
+    def call(self, inputs, training=None):
+        outputs, _ = self._forward(inputs, training, return_endpoints=False)
+        return outputs
+
+    def named_outputs(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
+        """All named tensors of a forward pass (for export and fidelity checks).
+
+        Keys: initial_conv, initial_max_pool, block_group1..4, final_avg_pool, proj_head_input,
+        proj_head_layer{j}_output (before the ReLU), proj_head_output, logits_sup (if the model
+        has a supervised head).
+        """
+        _, endpoints = self._forward(inputs, training, return_endpoints=True)
+        return endpoints
+
+    def _forward(self, inputs, training, return_endpoints: bool):
+        training = bool(training)
+        pretrain = self.train_mode == 'pretrain'
+        if training and pretrain and self.fine_tune_after_block > -1:
+            raise ValueError('Layer freezing is not supported during pretraining: set '
+                             'fine_tune_after_block=-1 (or use train_mode="finetune").')
+        channels = inputs.shape[-1]
+        if channels is None or channels % 3:
+            raise ValueError(f'The channel dimension must be static and a multiple of 3 '
+                             f'(views concatenated on channels), got shape {inputs.shape}.')
+        views = tf.split(inputs, channels // 3, axis=-1)
+        if self.use_blur and training and pretrain:
+            views = data_util.batch_random_blur(views, self.image_size, self.image_size)
+        features = tf.concat(views, 0)
+
+        endpoints = self.resnet_model(features, training=training, return_endpoints=True)
+        proj_output, sup_input, head_endpoints = self._projection_head(
+            endpoints['final_avg_pool'], training=training, return_endpoints=True)
+        endpoints.update(head_endpoints)
+        if not return_endpoints:
+            endpoints = None
+
+        if self.train_mode == 'finetune':
+            logits = self.supervised_head(sup_input, training=training)
+            outputs = (None, logits)
+        elif self.lineareval_while_pretraining:
+            # Linear eval must not train the encoder.
+            logits = self.supervised_head(tf.stop_gradient(sup_input), training=training)
+            outputs = (proj_output, logits)
+        else:
+            outputs = (proj_output, None)
+        if endpoints is not None and outputs[1] is not None:
+            endpoints['logits_sup'] = outputs[1]
+        return outputs, endpoints
+
+
+def add_weight_decay(model: tf_keras.Model, optimizer_name: str,
+                     weight_decay: float) -> tf.Tensor:
+    """The weight-decay term added to the loss (the original's `add_weight_decay`).
+
+    LARS applies weight decay itself, except to variables named `head_supervised`, so only the
+    supervised head's non-bias kernels' l2_loss (sum(v^2)/2) is returned. For momentum and Adam
+    it is the l2_loss of every trainable weight whose name lacks `batch_normalization`
+    (biases and the supervised head included). Scaled by `weight_decay`.
+    """
+    if optimizer_name not in OPTIMIZERS:
+        raise ValueError(f'optimizer_name={optimizer_name!r}; use one of {OPTIMIZERS}.')
+    if optimizer_name == 'lars':
+        variables = [v for v in model.trainable_variables
+                     if 'head_supervised' in v.name and 'bias' not in v.name]
+    else:
+        variables = [v for v in model.trainable_weights if 'batch_normalization' not in v.name]
+    if not variables:
+        return tf.constant(0.0)
+    return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
+
+
+@dataclasses.dataclass
+class RestoreResult:
+    """What `restore_model_weights` did."""
+    checkpoint_path: str
+    head_restored: bool
+    reason: str
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """Accepts a checkpoint prefix, a directory with checkpoints, or a SavedModel directory."""
+    if tf.io.gfile.isdir(path):
+        saved_model_prefix = os.path.join(path, 'variables', 'variables')
+        if tf.io.gfile.exists(saved_model_prefix + '.index'):
+            return saved_model_prefix
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f'No checkpoint found in directory {path!r}: pass a checkpoint '
+                             f'prefix such as .../ckpt-1234 or a SavedModel directory.')
+        return latest
+    if not tf.io.gfile.exists(path + '.index'):
+        raise ValueError(f'{path!r} is not a checkpoint: expected {path}.index to exist. Pass a '
+                         f'checkpoint prefix (e.g. .../ckpt-1234), not a data file.')
+    return path
+
+
+class _ModelWithoutHead(tf.Module):
+    """Stands in for the model in a checkpoint restore so the supervised head is left out."""
+
+
+def restore_model_weights(model: Model, checkpoint: str,
+                          zero_init_logits_layer: bool = False) -> RestoreResult:
+    """Restores model variables from a checkpoint; the supervised head only when it fits.
+
+    The head is skipped (keeping its fresh initialisation) when zero-init is requested, when
+    the model or the checkpoint has no head, or when its shape differs (e.g. another class
+    count) -- the original crashes in that case. Optimizer state and step are not restored.
+    Works before or after the model is built (deferred restoration for an unbuilt model).
+    """
+    path = resolve_checkpoint_path(checkpoint)
+    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    head = model.supervised_head
+    reason = 'restored'
+    if head is None:
+        reason = 'model has no supervised head'
+    elif zero_init_logits_layer:
+        reason = 'zero_init_logits_layer requested'
+    elif HEAD_KERNEL_KEY not in shapes:
+        reason = 'checkpoint has no supervised head'
+    else:
+        expected = [model.supervised_head_input_dim(), head.num_classes]
+        if list(shapes[HEAD_KERNEL_KEY]) != expected:
+            reason = (f'checkpoint head kernel shape {shapes[HEAD_KERNEL_KEY]} differs from '
+                      f'the model head {expected}')
+    restore_head = reason == 'restored'
+    target = model
+    if not restore_head:
+        target = _ModelWithoutHead()
+        target.resnet_model = model.resnet_model
+        target._projection_head = model._projection_head  # pylint: disable=protected-access
+    status = tf.train.Checkpoint(model=target).restore(path).expect_partial()
+    if model.built:
+        status.assert_existing_objects_matched()
+    if head is not None and zero_init_logits_layer:
+        head.zero_init()
+    logging.info('Restored model weights from %s (supervised head: %s).', path, reason)
+    return RestoreResult(path, restore_head, reason)

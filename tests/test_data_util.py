@@ -1,0 +1,250 @@
+"""Tests for simclr_mura.data_util: fixtures from the official code plus statistical invariants."""
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_mura import data_util
+
+FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'official',
+                       'augment_deterministic.npz')
+IMAGES = (0, 1, 2)
+SIZES = (32, 40, 64)
+
+
+@pytest.fixture(scope='module')
+def aug():
+    with np.load(FIXTURE) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _binomial_bound(n, p, sigmas=4.0):
+    return sigmas * math.sqrt(p * (1 - p) / n)
+
+
+def _random_image(shape, seed):
+    return np.random.default_rng(seed).uniform(0, 1, shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+@pytest.mark.parametrize('index', IMAGES)
+@pytest.mark.parametrize('size', SIZES)
+def test_center_crop_matches_official(aug, index, size):
+    image_u8 = aug[f'img{index}_uint8']
+    key = f'img{index}_size{size}'
+    box = data_util.center_crop_box(image_u8.shape[0], image_u8.shape[1], size, size,
+                                    float(aug['crop_proportion']))
+    np.testing.assert_array_equal(box.numpy(), aug[f'{key}_crop_box'])
+    crop = data_util.center_crop(aug[f'img{index}_float'], size, size,
+                                 float(aug['crop_proportion']))
+    np.testing.assert_allclose(crop.numpy(), aug[f'{key}_center_crop'], rtol=0, atol=1e-6)
+    # Eval preprocessing from uint8 and from the equivalent float image.
+    for source in (image_u8, aug[f'img{index}_float']):
+        out = data_util.preprocess_image(source, size, size, is_training=False, test_crop=True)
+        assert out.dtype == tf.float32
+        np.testing.assert_allclose(out.numpy(), aug[f'{key}_preprocess_for_eval'],
+                                   rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize('index', IMAGES)
+def test_grayscale_matches_official(aug, index):
+    gray = data_util.to_grayscale(aug[f'img{index}_float'])
+    np.testing.assert_allclose(gray.numpy(), aug[f'img{index}_grayscale'], rtol=0, atol=1e-6)
+    single = data_util.to_grayscale(aug[f'img{index}_float'], keep_channels=False)
+    assert single.shape[-1] == 1
+
+
+@pytest.mark.parametrize('case', (0, 1))
+def test_gaussian_blur_matches_official(aug, case):
+    kernel_size = int(aug[f'blur{case}_kernel_size_arg'])
+    sigma = float(aug[f'blur{case}_sigma'])
+    assert kernel_size == int(aug['blur_image_size']) // 10
+    same = data_util.gaussian_blur(aug['blur_input'], kernel_size, sigma, padding='SAME')
+    np.testing.assert_allclose(same.numpy(), aug[f'blur{case}_output'], rtol=0, atol=1e-6)
+    valid = data_util.gaussian_blur(aug['blur_input'], kernel_size, sigma, padding='VALID')
+    np.testing.assert_allclose(valid.numpy(), aug[f'blur{case}_output_valid'], rtol=0, atol=1e-6)
+    impulse = data_util.gaussian_blur(aug['blur_impulse_input'], kernel_size, sigma)
+    np.testing.assert_allclose(impulse.numpy(), aug[f'blur{case}_impulse_output'],
+                               rtol=0, atol=1e-6)
+    single = data_util.gaussian_blur(aug['blur_input'][1], kernel_size, sigma)
+    np.testing.assert_allclose(single.numpy(), aug[f'blur{case}_output'][1], rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------- eval / shapes
+
+def test_eval_without_crop_only_reshapes_and_clips():
+    image = _random_image((32, 32, 3), 0) * 1.2 - 0.1
+    out = data_util.preprocess_for_eval(image, 32, 32, crop=False)
+    np.testing.assert_array_equal(out.numpy(), np.clip(image, 0, 1))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        data_util.preprocess_image(_random_image((40, 40, 3), 0), 32, 32, test_crop=False)
+
+
+def test_grayscale_input_is_tiled_to_rgb():
+    grey = np.random.default_rng(1).integers(0, 256, (50, 40, 1), dtype=np.uint8)
+    rgb = data_util.grayscale_to_rgb(tf.constant(grey))
+    assert rgb.shape == (50, 40, 3)
+    np.testing.assert_array_equal(rgb.numpy(), np.repeat(grey, 3, axis=-1))
+    colour = tf.constant(_random_image((5, 4, 3), 2))
+    assert data_util.grayscale_to_rgb(colour) is colour
+    with pytest.raises(ValueError, match='1 or 3 channels'):
+        data_util.grayscale_to_rgb(tf.zeros([5, 4, 2]))
+    # Channel count only known at run time (e.g. decode_image without `channels`).
+    fn = tf.function(data_util.grayscale_to_rgb,
+                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+    np.testing.assert_array_equal(fn(grey).numpy(), np.repeat(grey, 3, axis=-1))
+    out = data_util.preprocess_image(grey, 32, 32, is_training=False)
+    assert out.shape == (32, 32, 3)
+    np.testing.assert_array_equal(out[..., 0].numpy(), out[..., 2].numpy())
+
+
+def test_train_view_shape_range_in_tf_data():
+    tf.random.set_seed(1)
+    image = (_random_image((70, 50, 3), 3) * 255).astype(np.uint8)
+    ds = tf.data.Dataset.from_tensors(image).repeat(64).map(
+        lambda x: data_util.preprocess_image(x, 32, 32, is_training=True,
+                                             color_jitter_strength=1.0))
+    views = np.stack(list(ds.as_numpy_iterator()))
+    assert views.shape == (64, 32, 32, 3)
+    assert views.dtype == np.float32
+    assert views.min() >= 0.0 and views.max() <= 1.0
+    assert len({v.tobytes() for v in views}) > 60  # Views are random, not repeated.
+
+
+# -------------------------------------------------------------- random statistics
+
+def test_flip_frequency_is_half():
+    tf.random.set_seed(2)
+    image = _random_image((16, 16, 3), 4)
+    n = 600
+    ds = tf.data.Dataset.from_tensors(image).repeat(n).map(
+        lambda x: data_util.preprocess_for_train(x, 16, 16, 0., crop=False, flip=True))
+    views = np.stack(list(ds.as_numpy_iterator()))
+    flipped = np.all(views == image[:, ::-1], axis=(1, 2, 3))
+    unchanged = np.all(views == image, axis=(1, 2, 3))
+    assert np.all(flipped ^ unchanged)
+    assert abs(flipped.mean() - 0.5) <= _binomial_bound(n, 0.5)
+
+
+def _crop_boxes(n, side, height, width):
+    ds = tf.data.Dataset.range(n).map(lambda _: tf.stack(
+        data_util.random_crop_box(tf.constant([side, side, 3]), height, width)))
+    return np.stack(list(ds.as_numpy_iterator()))
+
+
+def test_random_crop_boxes_respect_area_and_aspect():
+    tf.random.set_seed(3)
+    side = 100
+    oy, ox, h, w = _crop_boxes(1500, side, 64, 64).T
+    assert np.all(oy >= 0) and np.all(ox >= 0)
+    assert np.all(oy + h <= side) and np.all(ox + w <= side)
+    area = h * w / side ** 2
+    # min_object_covered=0.1 with the whole image as object: at least 10 % of the image.
+    assert area.min() >= 0.1 and area.max() <= 1.0
+    # Aspect range (3/4, 4/3), up to rounding the sides to integers.
+    aspect = w / h
+    assert np.all(aspect >= 0.75 * (1 - 1.5 / h)) and np.all(aspect <= 4 / 3 * (1 + 1.5 / h))
+    # Heights are drawn uniformly over the feasible range (~32 .. 100 px, minus the boxes
+    # rejected for width > 100), so small and large crops are both common (observed over
+    # seeds: P(area < 0.3) ~ 0.37, P(area > 0.7) ~ 0.15).
+    assert np.mean(area < 0.3) > 0.25 and np.mean(area > 0.7) > 0.08
+    # A wide target (width = 2 x height) scales the aspect range by 2.
+    _, _, h, w = _crop_boxes(300, side, 32, 64).T
+    assert np.all(w / h >= 1.5 * (1 - 1.5 / h)) and np.all(w / h <= 8 / 3 * (1 + 1.5 / h))
+    assert np.mean(w / h > 2.0) > 0.2
+
+
+def test_colour_jitter_strength_zero_is_identity():
+    image = _random_image((16, 16, 3), 5)
+    np.testing.assert_array_equal(data_util.color_jitter(image, 0.).numpy(), image)
+    tf.random.set_seed(4)
+    for _ in range(5):
+        out = data_util.preprocess_for_train(image, 16, 16, 0., crop=False, flip=False)
+        np.testing.assert_array_equal(out.numpy(), image)
+
+
+def test_colour_distortion_and_grayscale_probabilities():
+    tf.random.set_seed(5)
+    image = _random_image((8, 8, 3), 6)
+    n = 800
+    ds = tf.data.Dataset.from_tensors(image).repeat(n).map(
+        lambda x: data_util.preprocess_for_train(x, 8, 8, 1.0, crop=False, flip=False))
+    views = np.stack(list(ds.as_numpy_iterator()))
+    grey = np.all(views[..., 0] == views[..., 1], axis=(1, 2)) & np.all(
+        views[..., 1] == views[..., 2], axis=(1, 2))
+    untouched = np.all(views == image, axis=(1, 2, 3))
+    # Grayscale is independent of the jitter: p = 0.2; nothing applied: 0.2 * 0.8.
+    assert abs(grey.mean() - 0.2) <= _binomial_bound(n, 0.2)
+    assert abs(untouched.mean() - 0.16) <= _binomial_bound(n, 0.16)
+    assert views.min() >= 0 and views.max() <= 1
+
+
+def test_brightness_factor_range():
+    tf.random.set_seed(6)
+    image = np.full((2, 2, 3), 0.5, np.float32)
+    factors = np.array([data_util.random_brightness(image, 0.8).numpy()[0, 0, 0] / 0.5
+                        for _ in range(300)])
+    assert factors.min() >= 0.2 - 1e-6 and factors.max() <= 1.8 + 1e-6
+    assert factors.min() < 0.3 and factors.max() > 1.7
+    strong = np.array([data_util.random_brightness(image, 1.6).numpy()[0, 0, 0] / 0.5
+                       for _ in range(100)])
+    assert strong.min() >= 0.0  # Lower end max(1 - 1.6, 0) = 0.
+
+
+# --------------------------------------------------------------------------- blur
+
+def _impulse_batch(batch, size=64):
+    images = np.zeros((batch, size, size, 3), np.float32)
+    images[:, size // 2, size // 2, :] = 1.0
+    return images
+
+
+def test_batch_random_blur_shares_sigma_and_blurs_half():
+    tf.random.set_seed(7)
+    batch, calls, centre = 16, 150, 32
+    images = _impulse_batch(batch)
+    blur = tf.function(lambda x: data_util.batch_random_blur([x, x], 64, 64))
+    sigmas, blurred_count, total = [], 0, 0
+    for _ in range(calls):
+        for out in blur(images):
+            out = out.numpy()
+            assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+            changed = np.any(np.abs(out - images) > 0, axis=(1, 2, 3))
+            if not changed.any():
+                continue  # sigma so small that the blur is invisible in float32, or none chosen
+            blurred = out[changed]
+            # Every blurred example in the batch has the same kernel (one shared sigma).
+            np.testing.assert_allclose(blurred, np.broadcast_to(blurred[:1], blurred.shape),
+                                       rtol=0, atol=1e-7)
+            ratio = blurred[0, centre + 1, centre, 0] / blurred[0, centre, centre, 0]
+            if ratio > 1e-6:
+                sigmas.append(math.sqrt(-1.0 / (2.0 * math.log(ratio))))
+                blurred_count += int(changed.sum())
+                total += batch
+    sigmas = np.array(sigmas)
+    assert sigmas.min() >= 0.1 - 1e-3 and sigmas.max() <= 2.0 + 1e-3
+    assert sigmas.max() - sigmas.min() > 1.0  # sigma varies from call to call
+    # Calls with a visible blur are those with sigma >~ 0.2; their sigma is U(0.2, 2).
+    assert abs(sigmas.mean() - 1.1) <= 4 * (1.8 / math.sqrt(12)) / math.sqrt(len(sigmas))
+    # Per-example Bernoulli(0.5) (a call with no example chosen is skipped above,
+    # a bias of 0.5**16, negligible).
+    assert abs(blurred_count / total - 0.5) <= _binomial_bound(total, 0.5)
+
+
+def test_batch_random_blur_probability_extremes():
+    tf.random.set_seed(8)
+    images = _random_image((4, 32, 32, 3), 7)
+    never = data_util.batch_random_blur([images], 32, 32, blur_probability=0.0)[0]
+    np.testing.assert_array_equal(never.numpy(), images)
+    same_inputs = np.repeat(images[:1], 4, axis=0)
+    changed = []
+    for _ in range(10):
+        always = data_util.batch_random_blur([same_inputs], 32, 32, blur_probability=1.0)[0]
+        always = always.numpy()
+        # Identical inputs, all blurred with the one shared sigma -> identical outputs.
+        np.testing.assert_array_equal(always, np.repeat(always[:1], 4, axis=0))
+        changed.append(np.any(always != same_inputs))
+    assert sum(changed) >= 8

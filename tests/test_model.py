@@ -1,0 +1,272 @@
+"""Tests for simclr_mura.model: heads, the two-view model, weight decay, restore helper."""
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from simclr_mura import model as model_lib
+from simclr_mura.lars_optimizer import LARSOptimizer
+
+SIZE = 32  # CIFAR stem: the cheapest ResNet-18
+
+
+def _images(batch, channels=6, size=SIZE, seed=0):
+    return tf.constant(np.random.default_rng(seed).uniform(
+        0, 1, (batch, size, size, channels)).astype(np.float32))
+
+
+def _model(num_classes=2, **kwargs):
+    kwargs.setdefault('resnet_depth', 18)
+    kwargs.setdefault('image_size', SIZE)
+    model = model_lib.Model(num_classes, **kwargs)
+    channels = 3 if kwargs.get('train_mode') == 'finetune' else 6
+    model(_images(2, channels), training=False)
+    return model
+
+
+def _num_params(variables):
+    return sum(int(np.prod(v.shape)) for v in variables)
+
+
+def test_model_is_marked_built_and_views_are_stacked_on_the_batch():
+    model = _model(lineareval_while_pretraining=False, proj_head_mode='none')
+    assert model.built
+    a, b, c = (_images(2, 3, seed=s) for s in (1, 2, 3))
+    ab, _ = model(tf.concat([a, b], -1), training=False)
+    ac, _ = model(tf.concat([a, c], -1), training=False)
+    ba, _ = model(tf.concat([b, a], -1), training=False)
+    assert ab.shape == (4, 512)
+    np.testing.assert_allclose(ab[:2], ac[:2], atol=1e-6)  # rows 0..B-1: view 1
+    np.testing.assert_allclose(ab[2:], ba[:2], atol=1e-6)  # rows B..2B-1: view 2
+    assert not np.allclose(ab[2:], ac[2:])
+
+
+def test_nonlinear_head_structure_and_hiddens():
+    head = model_lib.ProjectionHead('nonlinear', num_proj_layers=3, proj_out_dim=16,
+                                    ft_proj_selector=1)
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32))
+    out, selected, endpoints = head(x, training=False, return_endpoints=True)
+    layers = head.linear_layers
+    assert [layer.dense.kernel.shape for layer in layers] == [(8, 8), (8, 8), (8, 16)]
+    assert not any(layer.dense.use_bias for layer in layers)  # the BN beta is the bias
+    assert [layer.bn_relu.bn.center for layer in layers] == [True, True, False]
+    np.testing.assert_allclose(selected, tf.nn.relu(endpoints['proj_head_layer0_output']))
+    np.testing.assert_allclose(out, endpoints['proj_head_layer2_output'])  # no ReLU at the end
+    assert out.shape == (4, 16)
+
+
+def test_dense_kernels_are_normal_with_stddev_0_01():
+    head = model_lib.ProjectionHead('nonlinear', 2, 128)
+    head(tf.zeros((2, 2048)), training=False)
+    kernel = head.linear_layers[0].dense.kernel.numpy()
+    assert kernel.std() == pytest.approx(0.01, rel=0.01)
+    assert abs(kernel.mean()) < 1e-4
+    assert np.abs(kernel).max() > 0.045  # not truncated at 2 sigma
+
+
+def test_linear_head_works_and_returns_the_same_tuple():  # bug 2 of the original
+    model = _model(proj_head_mode='linear', proj_out_dim=32, ft_proj_selector=-1)
+    proj, logits = model(_images(2), training=True)
+    assert proj.shape == (4, 32) and logits.shape == (4, 2)
+    layer, = model.projection_head.linear_layers
+    assert not layer.dense.use_bias and not layer.bn_relu.bn.center
+    assert model.supervised_head.linear_layer.dense.kernel.shape == (32, 2)
+
+
+def test_none_head_is_identity():  # bug 3 of the original
+    model = _model(proj_head_mode='none')
+    outputs = model.named_outputs(_images(2))
+    np.testing.assert_array_equal(outputs['proj_head_output'], outputs['final_avg_pool'])
+    proj, logits = model(_images(2), training=True)
+    assert proj.shape == (4, 512) and logits.shape == (4, 2)
+    assert not model.projection_head.trainable_variables
+
+
+def test_ft_proj_selector_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match='ft_proj_selector=4'):
+        model_lib.ProjectionHead('nonlinear', num_proj_layers=3, ft_proj_selector=4)
+    with pytest.raises(ValueError, match='ft_proj_selector=1'):
+        model_lib.ProjectionHead('none', ft_proj_selector=1)
+
+
+def test_supervised_head_init_and_zero_init():
+    head = model_lib.SupervisedHead(3)
+    head(tf.zeros((2, 4096)), training=False)
+    kernel, bias = head.linear_layer.dense.kernel, head.linear_layer.dense.bias
+    assert kernel.numpy().std() == pytest.approx(0.01, rel=0.02)
+    assert not bias.numpy().any()
+    assert all('head_supervised' in v.name for v in head.variables)
+    zero = model_lib.SupervisedHead(3, zero_init=True)
+    zero(tf.zeros((2, 16)), training=False)
+    assert not any(v.numpy().any() for v in zero.variables)
+    head.zero_init()
+    assert not any(v.numpy().any() for v in head.variables)
+
+
+def test_output_modes():
+    finetune = _model(train_mode='finetune', num_classes=5)
+    proj, logits = finetune(_images(2, 3), training=True)
+    assert proj is None and logits.shape == (2, 5)
+    pretrain = _model(lineareval_while_pretraining=False)
+    proj, logits = pretrain(_images(2), training=False)
+    assert proj.shape == (4, 128) and logits is None
+    assert pretrain.supervised_head is None
+
+
+def test_layer_freezing_is_rejected_when_pretraining():
+    model = _model(fine_tune_after_block=2)
+    model(_images(2), training=False)  # inference is allowed
+    with pytest.raises(ValueError, match='fine_tune_after_block'):
+        model(_images(2), training=True)
+    frozen = _model(train_mode='finetune', fine_tune_after_block=4)
+    assert {id(v) for v in frozen.trainable_variables} == {
+        id(v) for v in frozen.projection_head.trainable_variables
+        + frozen.supervised_head.trainable_variables}
+
+
+def test_linear_eval_does_not_train_the_encoder():
+    model = _model()
+    with tf.GradientTape(persistent=True) as tape:
+        _, logits = model(_images(2), training=True)
+        loss = tf.reduce_sum(logits ** 2)
+    backbone = model.resnet_model.trainable_variables + model.projection_head.trainable_variables
+    assert all(g is None for g in tape.gradient(loss, backbone))
+    assert all(g is not None for g in tape.gradient(
+        loss, model.supervised_head.trainable_variables))
+
+
+def _proj_after_train_call(model, use_blur, seed):
+    model.use_blur = use_blur
+    tf.random.set_seed(seed)
+    return model(_images(4, seed=7), training=True)[0].numpy()
+
+
+def test_blur_only_in_pretraining_training():
+    model = _model(use_blur=True)
+    plain = _proj_after_train_call(model, False, 0)
+    np.testing.assert_allclose(_proj_after_train_call(model, False, 0), plain, atol=1e-5)
+    assert not np.allclose(_proj_after_train_call(model, True, 0), plain, atol=1e-3)
+    np.testing.assert_allclose(model(_images(4, seed=7), training=False)[0],
+                               model(_images(4, seed=7), training=False)[0])
+    finetune = _model(train_mode='finetune', use_blur=True)
+    finetune.use_blur = True
+    tf.random.set_seed(1)
+    blurred = finetune(_images(4, 3), training=True)[1]
+    finetune.use_blur = False
+    np.testing.assert_allclose(finetune(_images(4, 3), training=True)[1], blurred, atol=1e-6)
+
+
+def test_bad_channel_count_is_rejected():
+    model = model_lib.Model(2, resnet_depth=18, image_size=SIZE)
+    with pytest.raises(ValueError, match='multiple of 3'):
+        model(tf.zeros((2, SIZE, SIZE, 4)), training=False)
+
+
+def test_weight_decay_terms():
+    model = _model(num_classes=3)
+    head_kernel = model.supervised_head.linear_layer.dense.kernel.numpy()
+    lars = model_lib.add_weight_decay(model, 'lars', 1e-4)
+    np.testing.assert_allclose(lars, 1e-4 * np.sum(head_kernel.astype(np.float64) ** 2) / 2,
+                               rtol=1e-5)
+    bn_vars = {id(m.gamma) for m in model.submodules
+               if isinstance(m, tf_keras.layers.BatchNormalization)}
+    bn_vars |= {id(m.beta) for m in model.submodules
+                if isinstance(m, tf_keras.layers.BatchNormalization) and m.center}
+    others = [v.numpy().astype(np.float64) for v in model.trainable_variables
+              if id(v) not in bn_vars]
+    expected = 1e-4 * sum(np.sum(v ** 2) for v in others) / 2
+    np.testing.assert_allclose(model_lib.add_weight_decay(model, 'momentum', 1e-4), expected,
+                               rtol=1e-5)
+    np.testing.assert_allclose(model_lib.add_weight_decay(model, 'adam', 1e-4), expected,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match='sgd'):
+        model_lib.add_weight_decay(model, 'sgd', 1e-4)
+
+
+@pytest.fixture(scope='module')
+def r50_seven_classes():
+    model = model_lib.Model(7, resnet_depth=50, image_size=64)
+    model(tf.zeros((1, 64, 64, 6)), training=False)
+    return model
+
+
+def test_lars_decays_and_adapts_exactly_conv_and_projection_kernels(r50_seven_classes):
+    model = r50_seven_classes
+    expected = {id(m.kernel) for m in model.resnet_model.submodules
+                if isinstance(m, tf_keras.layers.Conv2D)}
+    expected |= {id(m.kernel) for m in model.projection_head.submodules
+                 if isinstance(m, tf_keras.layers.Dense)}
+    assert len(expected) == 53 + 3
+    lars = LARSOptimizer(0.1, weight_decay=1e-6,
+                         exclude_from_weight_decay=['batch_normalization', 'bias',
+                                                    'head_supervised'])
+    decayed = {id(v) for v in model.trainable_variables if lars.applies_weight_decay(v.name)}
+    adapted = {id(v) for v in model.trainable_variables if lars.applies_layer_adaptation(v.name)}
+    plain_regex = {id(v) for v in model.trainable_variables if not any(
+        re.search(p, v.name) for p in ['batch_normalization', 'bias', 'head_supervised'])}
+    assert decayed == adapted == plain_regex == expected
+
+
+def test_parameter_count_with_seven_classes_is_exact(r50_seven_classes):
+    model = r50_seven_classes
+    assert _num_params(model.trainable_variables) == 32_181_447
+    assert model.supervised_head_input_dim() == 2048
+
+
+def _saved_pretrain_checkpoint(tmp_path, num_classes=2):
+    source = _model(num_classes=num_classes)
+    prefix = tf.train.Checkpoint(model=source).save(str(tmp_path / 'pretrain' / 'ckpt'))
+    return source, prefix
+
+
+def _backbone_equal(a, b):
+    return all(np.array_equal(x.numpy(), y.numpy())
+               for x, y in zip(a.resnet_model.variables, b.resnet_model.variables))
+
+
+@pytest.mark.parametrize('built', [False, True])
+def test_restore_with_another_class_count_skips_the_head(tmp_path, built):
+    source, prefix = _saved_pretrain_checkpoint(tmp_path)
+    target = model_lib.Model(5, train_mode='finetune', resnet_depth=18, image_size=SIZE)
+    if built:
+        target(_images(2, 3), training=False)
+    result = model_lib.restore_model_weights(target, prefix)
+    _, logits = target(_images(2, 3), training=False)  # the original crashes here
+    assert logits.shape == (2, 5) and not result.head_restored and 'differs' in result.reason
+    assert _backbone_equal(source, target)
+    assert target.supervised_head.linear_layer.dense.kernel.numpy().any()  # fresh N(0, 0.01)
+
+
+@pytest.mark.parametrize('built', [False, True])
+def test_zero_init_logits_layer_really_zeroes_the_head(tmp_path, built):  # bug 1
+    source, prefix = _saved_pretrain_checkpoint(tmp_path)
+    target = model_lib.Model(2, train_mode='finetune', resnet_depth=18, image_size=SIZE)
+    if built:
+        target(_images(2, 3), training=False)
+    result = model_lib.restore_model_weights(target, str(tmp_path / 'pretrain'),
+                                             zero_init_logits_layer=True)
+    _, logits = target(_images(2, 3), training=False)
+    assert not result.head_restored
+    assert not any(v.numpy().any() for v in target.supervised_head.variables)
+    assert not np.asarray(logits).any()
+    assert _backbone_equal(source, target)
+
+
+def test_restore_with_matching_head_restores_it(tmp_path):
+    source, prefix = _saved_pretrain_checkpoint(tmp_path, num_classes=3)
+    target = model_lib.Model(3, train_mode='finetune', resnet_depth=18, image_size=SIZE)
+    result = model_lib.restore_model_weights(target, prefix)
+    target(_images(2, 3), training=False)
+    assert result.head_restored
+    np.testing.assert_array_equal(target.supervised_head.linear_layer.dense.kernel,
+                                  source.supervised_head.linear_layer.dense.kernel)
+
+
+def test_restore_rejects_paths_that_are_not_checkpoints(tmp_path):
+    target = model_lib.Model(2, resnet_depth=18, image_size=SIZE)
+    with pytest.raises(ValueError, match='No checkpoint found'):
+        model_lib.restore_model_weights(target, str(tmp_path))
+    with pytest.raises(ValueError, match='not a checkpoint'):
+        model_lib.restore_model_weights(target, str(tmp_path / 'missing' / 'ckpt-1'))
