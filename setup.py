@@ -30,7 +30,7 @@ setuptools.setup(
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist'],
+        'test': ['pytest>=8', 'pytest-xdist', 'dill'],  # tfds.testing imports dill
         'gpu': ['tensorflow[and-cuda]>=2.20,<2.22'],
         # The `tfds build` CLI needs these (about 400 MB); `python -m tfds_mura.build` does not.
         'tfds-cli': ['apache-beam', 'mlcroissant'],

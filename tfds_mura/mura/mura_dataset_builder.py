@@ -1,0 +1,197 @@
+"""The `mura` dataset: MURA-v1.1 musculoskeletal radiographs (manual download).
+
+Configs: ``all`` (default) and one per body part (``mura/elbow`` ...). Splits:
+``train`` / ``validation`` (official train set, 80/20 by patient), ``test`` (official
+valid set), and the label fractions ``train_10pct`` / ``train_1pct`` (nested, patient
+level). See README.md (the dataset card) for how the splits are made.
+"""
+import dataclasses
+import re
+import time
+from typing import Dict, List, Optional
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from tfds_mura.mura import mura_images
+from tfds_mura.mura import mura_source
+from tfds_mura.mura import mura_splits
+from tfds_mura.mura.mura_source import MuraDataError
+
+PARTS = mura_source.PARTS
+_HOMEPAGE = 'https://stanfordmlgroup.github.io/competitions/mura/'
+_AIMI_URL = 'https://aimi.stanford.edu/datasets/mura-msk-xrays'
+WHERE_TO_GET = (f'Download MURA-v1.1 from the Stanford AIMI site ({_AIMI_URL}) and place the unzipped '
+                f'MURA-v1.1/ folder or MURA-v1.1.zip in the manual dir (default <data_dir>/downloads/manual/; '
+                f'python -m tfds_mura.build --manual_dir=DIR).')
+_LOG_EVERY_SECONDS = 10.0
+
+
+@dataclasses.dataclass
+class MuraConfig(tfds.core.BuilderConfig):
+    """A body part (or ``None`` for all seven parts)."""
+    body_part: Optional[str] = None
+
+
+def _configs() -> List[MuraConfig]:
+    configs = [MuraConfig(name='all', description='All seven body parts (40,005 images).')]
+    configs += [MuraConfig(name=part, body_part=part, description=f'{part.capitalize()} radiographs only.')
+                for part in PARTS]
+    return configs
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """DatasetBuilder for MURA-v1.1 (manual download; folder or zip)."""
+
+    VERSION = tfds.core.Version('1.0.0')
+    RELEASE_NOTES = {
+        '1.0.0': 'Initial release: configs all + 7 body parts; splits train/validation (official train, '
+                 '80/20 by patient, salted SHA-256 of the bare patient id), test (official valid), '
+                 'train_10pct/train_1pct (nested, patient-level, stratified by part and label).',
+    }
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
+    MURA-v1.1 needs a (free) registration, so it cannot be downloaded automatically.
+
+    1. Request and download MURA-v1.1 from the Stanford AIMI site:
+       {_AIMI_URL}
+       (the competition page {_HOMEPAGE} links there).
+    2. Place either the unzipped `MURA-v1.1/` folder or the unchanged `MURA-v1.1.zip`
+       in the manual dir, by default `<data_dir>/downloads/manual/`:
+
+         <manual_dir>/MURA-v1.1/train_image_paths.csv   (and the other 3 CSVs, train/, valid/)
+       or
+         <manual_dir>/MURA-v1.1.zip
+
+       The zip is read in place, without extracting it.
+    3. Build: `python -m tfds_mura.build --manual_dir=<manual_dir> --data_dir=<data_dir>`
+       or `tfds build mura --imports tfds_mura --manual_dir=<manual_dir>`.
+    """
+    BUILDER_CONFIGS = _configs()
+    DEFAULT_BUILDER_CONFIG_NAME = 'all'
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict({
+                'image': tfds.features.Image(shape=(None, None, 1), encoding_format='png',
+                                             doc='8-bit grayscale radiograph (original PNG bytes when possible).'),
+                'label': tfds.features.ClassLabel(names=['normal', 'abnormal'],
+                                                  doc='Study label (negative=normal, positive=abnormal).'),
+                'body_part': tfds.features.ClassLabel(names=list(PARTS)),
+                'patient_id': tfds.features.Text(doc='Bare patient folder name, e.g. patient00011.'),
+                'study_id': tfds.features.Text(doc='e.g. XR_ELBOW/patient00011/study1_negative'),
+                'image_id': tfds.features.Text(doc='Path relative to MURA-v1.1/ (= the example key).'),
+                'view_index': tfds.features.Scalar(dtype=np.int32,
+                                                   doc='0-based view number: M - 1 for imageM.png.'),
+            }),
+            supervised_keys=('image', 'label'),
+            homepage=_HOMEPAGE,
+        )
+
+    def download_and_prepare(self, *args, **kwargs):  # pylint: disable=arguments-differ
+        """As in TFDS; on a MuraDataError also removes the empty folders TFDS made on the way.
+
+        TFDS already deletes its temporary ``incomplete.*`` folder; what would remain is
+        ``<data_dir>/mura/{.config,<config>/}`` and ``<data_dir>/downloads/``.
+        """
+        root = epath.Path(self.data_dir_root)
+        watched = [root / self.name, root / 'downloads']
+        before = {p: _entries(p) for p in watched}
+        try:
+            return super().download_and_prepare(*args, **kwargs)
+        except MuraDataError:
+            for path in watched:
+                _remove_new_empty_folders(path, before[path])
+            raise
+
+    def _manual_source_dir(self, dl_manager: tfds.download.DownloadManager) -> epath.Path:
+        try:
+            return epath.Path(dl_manager.manual_dir)
+        except AssertionError as e:  # TFDS: manual dir not enabled, missing or empty
+            found = re.search(r'Manual directory (.*) does not exist or is empty', str(e))
+            what = f'Manual dir {found.group(1)} does not exist or is empty.' if found else str(e).splitlines()[0]
+            raise MuraDataError(f'{what} {WHERE_TO_GET}') from None
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        manual_dir = self._manual_source_dir(dl_manager)
+        part = self.builder_config.body_part
+        with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
+            records = [r for r in mura_source.read_records(source) if part is None or r.part == part]
+            if not records:
+                raise MuraDataError(f'The MURA CSVs in {source.description} list no {part} images.')
+            started = time.time()
+            to_convert = mura_source.find_unreadable(source, records, mura_images.check_image)
+            logging.info('mura/%s: checked %d images in %.1f s (%s); %d to convert to 8-bit gray',
+                         self.builder_config.name, len(records), time.time() - started, source.description,
+                         len(to_convert))
+        shared = ({r.patient_id for r in records if r.official_split == 'train'}
+                  & {r.patient_id for r in records if r.official_split == 'valid'})
+        if shared:  # the official splits are patient-disjoint; a modified copy may not be
+            logging.warning('mura/%s: %d patient id(s) occur in both official train and valid, e.g. %s; '
+                            'test is then not patient-disjoint from train.', self.builder_config.name,
+                            len(shared), sorted(shared)[0])
+        splits = mura_splits.make_splits(records)
+        empty = [name for name, rs in splits.items() if not rs]
+        if empty:
+            raise MuraDataError(f'Too few patients for mura/{self.builder_config.name}: split(s) {", ".join(empty)} '
+                                f'would be empty ({len(records)} images in total).')
+        for name, images, abnormal, patients in mura_splits.split_summary(splits):
+            logging.info('mura/%s %s: %d images (%d abnormal), %d patients', self.builder_config.name, name,
+                         images, abnormal, patients)
+        return {name: self._generate_examples(manual_dir, name, rs, to_convert) for name, rs in splits.items()}
+
+    def _generate_examples(self, manual_dir: epath.Path, split: str, records: list, to_convert: set):
+        """Yields (image path relative to MURA-v1.1, features), reading images in CSV order.
+
+        Images were checked in _split_generators: those in ``to_convert`` are re-encoded as
+        8-bit gray PNG, all others are stored byte for byte.
+        """
+        started = last_log = time.time()
+        converted = 0
+        with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
+            for count, r in enumerate(records, start=1):
+                try:
+                    png = source.read_bytes(r.key)
+                    if r.key in to_convert:
+                        png = mura_images.decode_to_gray_png(png)[0]
+                        converted += 1
+                except (ValueError, OSError) as e:  # changed since the check in _split_generators
+                    raise MuraDataError(f'Cannot read {r.key} from {source.description}: {e}') from e
+                yield r.key, {
+                    'image': png, 'label': r.label, 'body_part': r.part, 'patient_id': r.patient_id,
+                    'study_id': r.study_id, 'image_id': r.key, 'view_index': r.view_index,
+                }
+                now = time.time()
+                if now - last_log >= _LOG_EVERY_SECONDS or count == len(records):
+                    last_log = now
+                    logging.info('mura/%s %s: %d/%d examples (%.0f/s, %d converted to 1-channel PNG)',
+                                 self.builder_config.name, split, count, len(records),
+                                 count / max(now - started, 1e-9), converted)
+
+
+def _holds_files(path: epath.Path) -> bool:
+    return any(p.is_file() or _holds_files(p) for p in path.iterdir())
+
+
+def _entries(path: epath.Path) -> Optional[set]:
+    """Names inside ``path`` (None when it does not exist)."""
+    return {p.name for p in path.iterdir()} if path.is_dir() else None
+
+
+def _remove_new_empty_folders(root: epath.Path, before: Optional[set]) -> None:
+    """After a failed build: deletes what the build added under ``root`` if it holds no
+    file; ``root`` itself goes when the build created it and only TFDS bookkeeping
+    (``.config``) is left in it."""
+    if not root.is_dir():
+        return
+    for sub in list(root.iterdir()):
+        if sub.is_dir() and sub.name != '.config' and sub.name not in (before or ()) and not _holds_files(sub):
+            sub.rmtree()
+    if before is None and all(p.name == '.config' for p in root.iterdir()):
+        root.rmtree()
+
+
+def config_names() -> Dict[str, Optional[str]]:
+    """Config name -> body part (None for ``all``)."""
+    return {c.name: c.body_part for c in Builder.BUILDER_CONFIGS}

@@ -1,0 +1,290 @@
+"""Reading a manually downloaded MURA-v1.1 (folder or zip) and its four CSVs.
+
+Every image the dataset holds is named by a CSV row; nothing is globbed, so macOS
+``._imageN.png`` sidecars, ``.DS_Store`` files and ``__MACOSX/`` folders are never read.
+All problems are raised as one ``MuraDataError`` that says what is wrong and what to do.
+"""
+import dataclasses
+import os
+import re
+import zipfile
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from etils import epath
+
+ROOT_NAME = 'MURA-v1.1'
+ZIP_NAME = 'MURA-v1.1.zip'
+PARTS = ('elbow', 'finger', 'forearm', 'hand', 'humerus', 'shoulder', 'wrist')
+OFFICIAL_SPLITS = ('train', 'valid')
+_MAX_LISTED = 10
+
+_PARTS_RE = '|'.join(p.upper() for p in PARTS)
+_STUDY_PATTERN = rf'^{re.escape(ROOT_NAME)}/(train|valid)/XR_({_PARTS_RE})/(patient\d+)/(study\d+)_(positive|negative)/'
+_IMAGE_RE = re.compile(_STUDY_PATTERN + r'image(\d+)\.png$')
+_STUDY_RE = re.compile(_STUDY_PATTERN + '$')
+
+
+class MuraDataError(ValueError):
+    """The manual MURA input is missing, malformed or holds unreadable images."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MuraRecord:
+    """One image row of the CSVs, joined with its study label."""
+    key: str          # path relative to MURA-v1.1, e.g. train/XR_ELBOW/patient00011/study1_negative/image1.png
+    official_split: str  # 'train' or 'valid'
+    part: str         # lower-case body part, e.g. 'elbow'
+    patient_id: str   # bare folder name, e.g. 'patient00011' (may recur under several parts)
+    study_id: str     # e.g. XR_ELBOW/patient00011/study1_negative
+    view_index: int   # M - 1 for imageM.png
+    label: int        # 0 normal, 1 abnormal
+
+
+def list_problems(title: str, items: Sequence[str], hint: str) -> str:
+    """'<title> N: a; b; ... (and K more). <hint>', naming at most 10 items."""
+    shown = '; '.join(items[:_MAX_LISTED])
+    more = f' (and {len(items) - _MAX_LISTED} more)' if len(items) > _MAX_LISTED else ''
+    return f'{title} {len(items)}: {shown}{more}. {hint}'
+
+
+def _escapes(path: str) -> bool:
+    """True for absolute paths and paths with a '..' part (which could leave their folder)."""
+    if path.startswith(('/', '\\')) or re.match(r'^[A-Za-z]:', path):
+        return True
+    return '..' in path.replace('\\', '/').split('/')
+
+
+class MuraSource:
+    """Read access to the files under MURA-v1.1/, from a folder or from the zip."""
+
+    def __init__(self, description: str):
+        self.description = description
+
+    def read_bytes(self, relpath: str) -> bytes:
+        """Bytes of a file given relative to MURA-v1.1/."""
+        raise NotImplementedError
+
+    def exists(self, relpath: str) -> bool:
+        """Whether a file given relative to MURA-v1.1/ exists."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Releases open handles."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FolderSource(MuraSource):
+    """An unzipped MURA-v1.1/ folder."""
+
+    def __init__(self, root: epath.Path):
+        super().__init__(f'folder {root}')
+        self.root = root
+        # Local folders skip epath's per-call URI parsing (about 7% of a build); remote
+        # ones (gs://...) go through epath.
+        self._local = None if '://' in os.fspath(root) else os.fspath(root)
+
+    def read_bytes(self, relpath: str) -> bytes:
+        if self._local is not None:
+            with open(os.path.join(self._local, relpath), 'rb') as f:
+                return f.read()
+        return (self.root / relpath).read_bytes()
+
+    def exists(self, relpath: str) -> bool:
+        if self._local is not None:
+            return os.path.isfile(os.path.join(self._local, relpath))
+        return (self.root / relpath).is_file()
+
+
+class ZipSource(MuraSource):
+    """MURA-v1.1.zip read in place (never extracted)."""
+
+    def __init__(self, path: epath.Path):
+        super().__init__(f'zip {path}')
+        self._file = path.open('rb')
+        try:
+            self._zip = zipfile.ZipFile(self._file)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            self._file.close()
+            raise MuraDataError(f'{path} is not a readable zip file ({e}); it is probably an incomplete '
+                                f'download: download {ZIP_NAME} again or unzip it into the manual dir.') from e
+        names = self._zip.namelist()
+        bad = [n for n in names if _escapes(n)]
+        if bad:
+            self.close()
+            raise MuraDataError(list_problems(
+                f'{path} holds entries that escape its folder (absolute or ../ paths), refusing to read it:',
+                bad, f'Use the original {ZIP_NAME}.'))
+        self._names = {n for n in names if not n.endswith('/')}
+        if f'{ROOT_NAME}/train_image_paths.csv' not in self._names:
+            self.close()
+            raise MuraDataError(f'{path} has no {ROOT_NAME}/train_image_paths.csv; expected the original '
+                                f'{ZIP_NAME} whose top-level folder is {ROOT_NAME}/.')
+
+    def read_bytes(self, relpath: str) -> bytes:
+        try:
+            return self._zip.read(f'{ROOT_NAME}/{relpath}')
+        except KeyError as e:
+            raise FileNotFoundError(relpath) from e
+
+    def exists(self, relpath: str) -> bool:
+        return f'{ROOT_NAME}/{relpath}' in self._names
+
+    def close(self) -> None:
+        if getattr(self, '_zip', None) is not None:
+            self._zip.close()
+        self._file.close()
+
+
+def open_source(manual_dir: epath.PathLike, instructions: str) -> MuraSource:
+    """Finds MURA-v1.1/ (or MURA-v1.1.zip) in the manual dir.
+
+    Accepted layouts: ``manual_dir/MURA-v1.1/``, ``manual_dir/MURA-v1.1.zip``, or
+    ``manual_dir`` being the MURA-v1.1 folder itself. The folder wins over the zip.
+    """
+    manual_dir = epath.Path(manual_dir)
+    if not manual_dir.is_dir():
+        raise MuraDataError(f'Manual dir {manual_dir} does not exist. {instructions}')
+    for candidate in (manual_dir / ROOT_NAME, manual_dir):
+        if (candidate / 'train_image_paths.csv').is_file():
+            return FolderSource(candidate)
+    if (manual_dir / ZIP_NAME).is_file():
+        return ZipSource(manual_dir / ZIP_NAME)
+    found = sorted(p.name for p in manual_dir.iterdir())
+    listing = ', '.join(found[:10]) + (' ...' if len(found) > 10 else '') if found else 'nothing'
+    raise MuraDataError(f'No {ROOT_NAME}/ folder or {ZIP_NAME} in manual dir {manual_dir} (found: {listing}). '
+                        f'{instructions}')
+
+
+def _csv_lines(source: MuraSource, name: str) -> List[Tuple[int, str]]:
+    """(line number, stripped text) of the non-blank lines of a CSV."""
+    try:
+        raw = source.read_bytes(name)
+    except FileNotFoundError:
+        raise MuraDataError(f'{name} is missing from {source.description}; the four MURA CSVs '
+                            f'(train/valid _image_paths.csv and _labeled_studies.csv) are required.') from None
+    try:
+        text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        raise MuraDataError(f'{name} in {source.description} is not a UTF-8 text file ({e}).') from e
+    lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise MuraDataError(f'{name} in {source.description} is empty.')
+    return lines
+
+
+def _outside(path: str, lineno: int) -> Optional[str]:
+    """Why ``path`` is not inside MURA-v1.1/ (None when it is)."""
+    if _escapes(path):
+        return f'path escapes {ROOT_NAME}/ (absolute or ../)'
+    if not path.startswith(f'{ROOT_NAME}/'):
+        if lineno == 1:
+            return f'not a {ROOT_NAME}/ path (a header row? MURA CSVs have none)'
+        return f'path is outside {ROOT_NAME}/'
+    return None
+
+
+def _format_error(name: str, bad: List[Tuple[int, str, str]], expected: str) -> MuraDataError:
+    lineno, line, why = bad[0]
+    return MuraDataError(f'{name} is not in MURA format: line {lineno} {line!r}: {why}; {len(bad)} bad line(s) '
+                         f'in total. Expected {expected}.')
+
+
+def _parse_studies(source: MuraSource, split: str) -> Dict[str, int]:
+    name = f'{split}_labeled_studies.csv'
+    labels, bad = {}, []
+    for lineno, line in _csv_lines(source, name):
+        cols = [c.strip() for c in line.split(',')]
+        if len(cols) != 2:
+            bad.append((lineno, line, f'{len(cols)} column(s), expected 2'))
+        elif why := _outside(cols[0], lineno):
+            bad.append((lineno, line, why))
+        elif cols[1] not in ('0', '1'):
+            bad.append((lineno, line, f'label {cols[1]!r} is not 0 or 1'))
+        elif not (m := _STUDY_RE.match(cols[0])) or m.group(1) != split:
+            bad.append((lineno, line, f'not a {split} study path'))
+        elif (m.group(5) == 'positive') != (cols[1] == '1'):
+            bad.append((lineno, line, f'label {cols[1]} contradicts the folder suffix {m.group(5)!r}'))
+        elif cols[0] in labels:
+            bad.append((lineno, line, 'duplicate study'))
+        else:
+            labels[cols[0]] = int(cols[1])
+    if bad:
+        expected = f'"{ROOT_NAME}/{split}/XR_<PART>/patientNNNNN/studyK_<positive|negative>/,<0|1>" per line, no header'
+        raise _format_error(name, bad, expected)
+    return labels
+
+
+def _parse_images(source: MuraSource, split: str, labels: Dict[str, int]) -> List[MuraRecord]:
+    name = f'{split}_image_paths.csv'
+    records, bad, seen, used = [], [], set(), set()
+    for lineno, line in _csv_lines(source, name):
+        path = line.strip()
+        if ',' in path:
+            bad.append((lineno, line, f'{path.count(",") + 1} columns, expected 1'))
+        elif why := _outside(path, lineno):
+            bad.append((lineno, line, why))
+        elif not (m := _IMAGE_RE.match(path)) or m.group(1) != split:
+            bad.append((lineno, line, f'not a {split} image path'))
+        elif path in seen:
+            bad.append((lineno, line, 'duplicate image'))
+        elif (study := path[:path.rfind('/') + 1]) not in labels:
+            bad.append((lineno, line, f'its study is not listed in {split}_labeled_studies.csv'))
+        else:
+            seen.add(path)
+            used.add(study)
+            _, part, patient, study_no, suffix, view = m.groups()
+            records.append(MuraRecord(
+                key=path[len(ROOT_NAME) + 1:], official_split=split, part=part.lower(), patient_id=patient,
+                study_id=f'XR_{part}/{patient}/{study_no}_{suffix}', view_index=int(view) - 1,
+                label=labels[study]))
+    if bad:
+        raise _format_error(name, bad, f'one "{ROOT_NAME}/{split}/XR_<PART>/patientNNNNN/studyK_<label>/imageM.png" '
+                                       'per line, no header')
+    empty = sorted(set(labels) - used)
+    if empty:
+        raise MuraDataError(list_problems(f'{split}_labeled_studies.csv lists studies with no image in {name}:',
+                                          empty, 'The CSVs do not belong together; use the original MURA-v1.1 files.'))
+    return records
+
+
+def read_records(source: MuraSource) -> List[MuraRecord]:
+    """All image records of both official splits, validated against MURA's CSV format."""
+    records = []
+    for split in OFFICIAL_SPLITS:
+        records += _parse_images(source, split, _parse_studies(source, split))
+    return records
+
+
+def find_unreadable(source: MuraSource, records: Iterable[MuraRecord], check: Callable[[bytes], bool]) -> Set[str]:
+    """Checks every image once; returns the keys of images that need conversion.
+
+    Raises one MuraDataError naming missing files, or else undecodable ones (up to 10 named,
+    with the total count).
+
+    Args:
+      check: function(bytes) -> whether the image needs conversion; raises ValueError for
+        an undecodable image.
+    """
+    records = list(records)
+    missing = [r.key for r in records if not source.exists(r.key)]
+    if missing:
+        raise MuraDataError(list_problems(
+            f'Images listed in the CSVs but missing from {source.description}:', missing,
+            'Re-download or re-extract MURA-v1.1 (the CSVs and the images must come from the same copy).'))
+    broken, to_convert = [], set()
+    for r in records:
+        try:
+            if check(source.read_bytes(r.key)):
+                to_convert.add(r.key)
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+            broken.append(f'{r.key} ({e})')
+    if broken:
+        raise MuraDataError(list_problems(
+            f'Undecodable images (truncated, damaged or not images) in {source.description}:', broken,
+            'Re-download MURA-v1.1 or replace these files.'))
+    return to_convert
