@@ -180,9 +180,14 @@ def random_crop_box(image_shape, height, width):
     """
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=tf.float32, shape=[1, 1, 4])
     aspect_ratio = width / height
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    # The stateless op with a seed drawn from the (globally seeded) stateful RNG samples the same
+    # distribution as the original's stateful op, and also runs under op determinism, which
+    # refuses the stateful op without an explicit seed.
+    seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape,
         bounding_boxes=bbox,
+        seed=seed,
         min_object_covered=_MIN_OBJECT_COVERED,
         aspect_ratio_range=(3. / 4 * aspect_ratio, 4. / 3. * aspect_ratio),
         area_range=_AREA_RANGE,
@@ -212,12 +217,14 @@ def gaussian_blur(image, kernel_size, sigma, padding='SAME'):
     normalised to sum 1; the horizontal pass runs first, 'SAME' pads with zeros.
     """
     image = tf.convert_to_tensor(image)
+    # The kernel is computed in float32 and cast to the image's dtype (bfloat16/float16 views
+    # under mixed precision), since depthwise_conv2d needs both in one dtype.
     radius = int(kernel_size / 2)
     taps = 2 * radius + 1
     sigma = tf.cast(sigma, tf.float32)
     x = tf.cast(tf.range(-radius, radius + 1), tf.float32)
     weights = tf.exp(-tf.pow(x, 2.0) / (2.0 * tf.pow(sigma, 2.0)))
-    weights = weights / tf.reduce_sum(weights)
+    weights = tf.cast(weights / tf.reduce_sum(weights), image.dtype)
     channels = tf.shape(image)[-1]
     kernel_h = tf.tile(tf.reshape(weights, [1, taps, 1, 1]), [1, 1, channels, 1])
     kernel_v = tf.tile(tf.reshape(weights, [taps, 1, 1, 1]), [1, 1, channels, 1])

@@ -1,0 +1,182 @@
+"""Training checkpoints: the manager, resume, and initialisation from `--checkpoint`.
+
+Layout as the original: `tf.train.Checkpoint(model=, global_step=optimizer.iterations,
+optimizer=)` saved by a `CheckpointManager` as `<model_dir>/ckpt-<step>`. `--checkpoint` may be a
+checkpoint prefix, a directory holding checkpoints (its newest one is used), or a SavedModel
+directory (its `variables/variables`); only model weights are loaded from it. Before loading, the
+model's variables are compared with the checkpoint's, and an architecture mismatch is reported with
+the first variable that differs instead of a restore-time shape error or a silent partial load.
+"""
+import uuid
+from typing import Dict, List, Optional, Tuple
+
+import tensorflow as tf
+from absl import logging
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from simclr_mura import model as model_lib
+from simclr_mura.config import ConfigError
+
+_VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
+_HEAD_PREFIX = 'model/supervised_head/'
+
+
+class CheckpointMismatchError(ConfigError):
+    """`--checkpoint` holds a model with another architecture than the configured one."""
+
+
+def make_manager(model, optimizer, model_dir: str, max_to_keep: int
+                 ) -> Tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
+    """The original's training checkpoint and its manager (files `ckpt-<step>` in `model_dir`)."""
+    checkpoint = tf.train.Checkpoint(model=model, global_step=optimizer.iterations,
+                                     optimizer=optimizer)
+    manager = tf.train.CheckpointManager(checkpoint, directory=model_dir, max_to_keep=max_to_keep)
+    return checkpoint, manager
+
+
+def resume(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> Optional[str]:
+    """Restores the newest checkpoint of the manager's directory, if any; returns its path."""
+    latest = manager.latest_checkpoint
+    if latest:
+        checkpoint.restore(latest).expect_partial()
+    return latest
+
+
+def _model_variable_shapes(model) -> Dict[str, List[int]]:
+    """Checkpoint key -> shape of every variable of `model` under `Checkpoint(model=model)`.
+
+    Written to TensorFlow's in-memory file system, which is the one reliable way to get the exact
+    keys a restore will look up.
+    """
+    prefix = f'ram://simclr_mura_keys_{uuid.uuid4().hex}/ckpt'
+    try:
+        path = tf.train.Checkpoint(model=model).write(prefix)
+        shapes = tf.compat.v1.train.NewCheckpointReader(path).get_variable_to_shape_map()
+    finally:
+        directory = prefix.rsplit('/', 1)[0]
+        if tf.io.gfile.exists(directory):
+            tf.io.gfile.rmtree(directory)
+    return {k: v for k, v in shapes.items() if k.startswith('model/') and k.endswith(_VALUE_SUFFIX)}
+
+
+def _short(key: str) -> str:
+    return key[:-len(_VALUE_SUFFIX)] if key.endswith(_VALUE_SUFFIX) else key
+
+
+def _escape(local_name: str) -> str:
+    # How checkpoint keys spell object names ('.' -> '..', '/' -> '.S').
+    return local_name.replace('.', '..').replace('/', '.S')
+
+
+def checkpoint_shapes(path: str, keys) -> Dict[str, Optional[List[int]]]:
+    """Shape of the variable each object-path key points to in checkpoint `path` (None if absent).
+
+    Keys are followed through the checkpoint's object graph rather than matched as strings: a
+    variable reachable by several paths is stored under its shortest one (a SavedModel stores the
+    model's weights as `trainable_variables_list/<i>`), yet restoring `model/...` still finds it.
+    """
+    reader = tf.train.load_checkpoint(path)
+    shapes = reader.get_variable_to_shape_map()
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))
+    children = [{_escape(c.local_name): c.node_id for c in node.children} for node in graph.nodes]
+    result = {}
+    for key in keys:
+        node: Optional[int] = 0
+        for part in _short(key).split('/'):
+            node = children[node].get(part)
+            if node is None:
+                break
+        stored = None
+        if node is not None:
+            stored = next((a.checkpoint_key for a in graph.nodes[node].attributes
+                           if a.name == 'VARIABLE_VALUE'), None)
+        result[key] = list(shapes[stored]) if stored in shapes else None
+    return result
+
+
+def check_compatible(model, path: str, architecture: str, label: str = '--checkpoint') -> None:
+    """Raises CheckpointMismatchError naming the first model variable the checkpoint cannot fill.
+
+    The supervised head is not compared: `model.restore_model_weights` keeps a fresh head when the
+    checkpoint's differs (e.g. another class count) or is absent. `model` must be built.
+
+    Args:
+      model: the built model.
+      path: a checkpoint prefix.
+      architecture: a short description of the configured model for the message.
+      label: how the message names the checkpoint.
+    """
+    expected = _model_variable_shapes(model)
+    keys = sorted(k for k in expected if not k.startswith(_HEAD_PREFIX))
+    available = checkpoint_shapes(path, keys)
+    missing = [k for k in keys if available[k] is None]
+    for key in keys:
+        if available[key] is not None and available[key] != list(expected[key]):
+            raise CheckpointMismatchError(
+                f'{label} {path} does not match the model ({architecture}): variable '
+                f'{_short(key)} has shape {available[key]} in the checkpoint but '
+                f'{list(expected[key])} in the model; use the resnet_depth, width_multiplier, '
+                'sk_ratio, se_ratio and projection-head flags of the run that wrote it')
+    if missing:
+        raise CheckpointMismatchError(
+            f'{label} {path} does not match the model ({architecture}): variable '
+            f'{_short(missing[0])} is missing from the checkpoint ({len(missing)} of '
+            f'{len(expected)} model variables missing); use the architecture flags of the run '
+            'that wrote it')
+
+
+class _ModelParts(tf.Module):
+    """Stands in for the model in a restore that must leave the supervised head alone."""
+
+
+def _head_decision(model, path: str, zero_init_logits_layer: bool) -> str:
+    """'restored' if the checkpoint's supervised head fits the model's, else why it is skipped."""
+    head = model.supervised_head
+    if head is None:
+        return 'model has no supervised head'
+    if zero_init_logits_layer:
+        return 'zero_init_logits_layer requested'
+    expected = {k: v for k, v in _model_variable_shapes(model).items() if k.startswith(_HEAD_PREFIX)}
+    available = checkpoint_shapes(path, expected)
+    if all(shape is None for shape in available.values()):
+        return 'checkpoint has no supervised head'
+    for key, shape in expected.items():
+        if available[key] != list(shape):
+            return (f'checkpoint head variable {_short(key)} has shape {available[key]}, '
+                    f'the model\'s {list(shape)}')
+    return 'restored'
+
+
+def initialize_from_checkpoint(model, checkpoint: str, zero_init_logits_layer: bool,
+                               architecture: str) -> model_lib.RestoreResult:
+    """Loads model weights from `--checkpoint` (prefix, directory or SavedModel) after checking them.
+
+    Optimizer state and step are not loaded. The supervised head is loaded only when the
+    checkpoint has one of the same shape (the original then silently loads the pretraining
+    linear-eval head, and crashes when the class counts differ); with `zero_init_logits_layer`
+    it is zeroed instead (a no-op in the original). `model` must be built.
+
+    Raises:
+      ConfigError: the path holds no checkpoint.
+      CheckpointMismatchError: the checkpoint's architecture differs from the model's.
+    """
+    try:
+        path = model_lib.resolve_checkpoint_path(checkpoint)
+    except ValueError as e:
+        raise ConfigError(f'--checkpoint: {e}') from e
+    check_compatible(model, path, architecture)
+    reason = _head_decision(model, path, zero_init_logits_layer)
+    target = model
+    if reason != 'restored':
+        target = _ModelParts()
+        target.resnet_model = model.resnet_model
+        target._projection_head = model._projection_head  # pylint: disable=protected-access
+    # Completeness was checked above by object path; a SavedModel lacks `save_counter`, so the
+    # status assertions of tf.train.Checkpoint would fail on it.
+    tf.train.Checkpoint(model=target).restore(path).expect_partial()
+    if zero_init_logits_layer and model.supervised_head is not None:
+        model.supervised_head.zero_init()
+    logging.info('Initialised the model from --checkpoint %s (supervised head: %s%s).', path, reason,
+                 ', zeroed' if zero_init_logits_layer else '')
+    return model_lib.RestoreResult(path, reason == 'restored', reason)

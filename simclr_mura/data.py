@@ -1,0 +1,261 @@
+"""TFDS `mura` splits -> per-replica tf.data pipelines (behaviour of google-research/simclr `tf2/data.py`).
+
+Each input pipeline reads its share of the split's files through `ReadConfig(input_context=...)`
+(`strategy.distribute_datasets_from_function`), then, as the original:
+cache (optional) -> [training: non-deterministic order (ordered when seeded), slack, shuffle(per-replica batch x 10, x 50 at
+image_size <= 32), repeat] -> map(AUTOTUNE) -> batch(per-replica batch, drop_remainder=is_training)
+-> prefetch(AUTOTUNE).
+
+Elements are `(images, targets)`:
+* images: (B, H, W, 6), two augmented views concatenated on channels, for pretraining;
+  (B, H, W, 3), one view, otherwise. The 1-channel radiograph is tiled to RGB before augmentation
+  (`data_util.preprocess_image`).
+* targets: dict with 'label' (B, 2) one-hot float32, 'weight' (B,) float32 (per-example class
+  weight, 1 without class weighting) and 'key' (B,) int64: a fingerprint of `image_id`. Keys are
+  integers (not strings) so they can pass through any strategy, TPUs included; `split_index` maps
+  them back to image_id, study_id and body_part on the host.
+
+Evaluation reads the whole split on every input pipeline (no sharding, no shuffle), so each worker
+sees every image once; the last batch is completed with padding examples (key `PADDING_KEY`,
+weight 0) that evaluation drops, so every replica gets a full, fixed-shape batch.
+
+Data position on resume: tf.data distributed iterators are not checkpointable in TF 2.21
+(`tf.train.Checkpoint(iterator=...)` rejects them), so the position is restored by skip-ahead:
+with `deterministic=True` (a seeded, ordered stream; `train` asks for it whenever --seed is set) a
+resumed run skips the examples the finished steps consumed and continues the same example order
+(augmentation randomness differs). Without it the stream is reshuffled on restart, exactly like
+starting a new shuffled pass.
+"""
+import functools
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from simclr_mura import data_util
+from simclr_mura.config import ConfigError
+
+NUM_CLASSES = 2
+GET_MURA_HELP = (
+    'Get MURA-v1.1 (free registration) from https://aimi.stanford.edu/datasets/mura-msk-xrays and build '
+    'it with `python -m tfds_mura.build --manual_dir=DIR_WITH_MURA --data_dir=DATA_DIR` (or pass '
+    '--tfds_manual_dir=DIR_WITH_MURA to build it on first use), or run the synthetic demo: '
+    '`bash run.sh demo`.')
+_KEY_BUCKETS = 2**62
+PADDING_KEY = -1  # Key of the padding examples that complete the last eval batch (never a real key).
+_INTERLEAVE_CYCLE_LENGTH = 32  # ReadConfig of the original.
+
+
+class DatasetNotBuiltError(ConfigError):
+    """The requested `mura` config is unknown, or not built and cannot be built here."""
+
+
+def make_builder(dataset: str, data_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder of `dataset` (e.g. 'mura/elbow'), prepared or not."""
+    import tfds_mura  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (registers 'mura')
+    try:
+        return tfds.builder(dataset, data_dir=data_dir)
+    except Exception as e:  # TFDS raises several types for unknown names and configs.
+        raise DatasetNotBuiltError(f'--dataset={dataset}: {str(e).splitlines()[0]}') from e
+
+
+def not_built_message(dataset: str, data_dir: Optional[str]) -> str:
+    """One line saying that `dataset` is not built and how to get it."""
+    where = data_dir or 'the default TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets)'
+    return f'The TFDS dataset {dataset} is not built in {where}. {GET_MURA_HELP}'
+
+
+def ensure_prepared(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str] = None) -> None:
+    """Builds the dataset from `manual_dir` if it is not built (as the original's
+    `download_and_prepare()` call); without a manual dir a missing dataset is a DatasetNotBuiltError."""
+    if builder.is_prepared():
+        return
+    dataset = f'{builder.name}/{builder.builder_config.name}'
+    if not manual_dir:
+        raise DatasetNotBuiltError(not_built_message(dataset, builder.data_dir_root))
+    logging.info('Building %s from %s into %s.', dataset, manual_dir, builder.data_dir_root)
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+
+
+def load_builder(dataset: str, data_dir: Optional[str] = None,
+                 manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder of `dataset`, built from `manual_dir` first if needed."""
+    builder = make_builder(dataset, data_dir)
+    if not builder.is_prepared() and not manual_dir:
+        raise DatasetNotBuiltError(not_built_message(dataset, data_dir))
+    ensure_prepared(builder, manual_dir)
+    return builder
+
+
+def image_key(image_id: tf.Tensor) -> tf.Tensor:
+    """int64 fingerprint of `image_id` strings (how eval predictions are matched to their ids)."""
+    return tf.strings.to_hash_bucket_fast(image_id, _KEY_BUCKETS)
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    """Examples in `split` (slices allowed), from the builder's metadata."""
+    return int(builder.info.splits[split].num_examples)
+
+
+def _skip_image_decoding():
+    return {'image': tfds.decode.SkipDecoding()}
+
+
+def split_index(builder: tfds.core.DatasetBuilder, split: str) -> pd.DataFrame:
+    """One row per image of `split`: key, image_id, study_id, body_part (name), label (0/1).
+
+    Images are not decoded, so this pass is cheap. Raises ValueError if two image ids share a key.
+    """
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_skip_image_decoding())
+    ds = ds.map(lambda x: {'key': image_key(x['image_id']), 'image_id': x['image_id'],
+                           'study_id': x['study_id'], 'body_part': x['body_part'],
+                           'label': x['label']}).batch(4096)
+    columns = {name: [] for name in ('key', 'image_id', 'study_id', 'body_part', 'label')}
+    for batch in ds.as_numpy_iterator():
+        for name in columns:
+            columns[name].append(batch[name])
+    table = pd.DataFrame({k: np.concatenate(v) if v else np.array([]) for k, v in columns.items()})
+    for name in ('image_id', 'study_id'):
+        table[name] = table[name].map(lambda b: b.decode('utf-8'))
+    part_names = builder.info.features['body_part'].names
+    table['body_part'] = [part_names[i] for i in table['body_part'].astype(int)]
+    table['label'] = table['label'].astype(int)
+    if table['key'].duplicated().any():
+        raise ValueError(f'two image ids of split {split!r} have the same fingerprint; '
+                         'predictions could not be matched to images')
+    return table
+
+
+def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+    """The MURA paper's loss weights per body part, from the image counts of `split`.
+
+    For body part T with |A_T| abnormal and |N_T| normal images: the abnormal class gets
+    w1 = |N_T| / (|A_T| + |N_T|) and the normal class w0 = |A_T| / (|A_T| + |N_T|).
+
+    Returns:
+      float32 array (num_body_parts, 2): [part, label] -> weight (parts absent from the split: 1, 1).
+    """
+    table = split_index(builder, split)
+    names = builder.info.features['body_part'].names
+    weights = np.ones((len(names), NUM_CLASSES), np.float32)
+    for part_id, part in enumerate(names):
+        labels = table.loc[table['body_part'] == part, 'label'].to_numpy()
+        if len(labels) == 0:
+            continue
+        abnormal = float(labels.sum())
+        normal = float(len(labels) - abnormal)
+        weights[part_id] = [abnormal / len(labels), normal / len(labels)]
+        if abnormal == 0 or normal == 0:
+            logging.warning('Split %s has only one class for %s; the other class gets weight 0.',
+                            split, part)
+    return weights
+
+
+def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
+            color_jitter_strength: float, class_weights: Optional[np.ndarray]):
+    """One example -> (image with 6 or 3 channels, targets) as described in the module docstring."""
+    preprocess = functools.partial(
+        data_util.preprocess_image, height=image_size, width=image_size, is_training=is_training,
+        color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
+        test_crop=image_size > 32)
+    image = features['image']
+    if is_training and is_pretrain:
+        image = tf.concat([preprocess(image), preprocess(image)], -1)
+    else:
+        image = preprocess(image)
+    label = tf.cast(features['label'], tf.int32)
+    targets = {'label': tf.one_hot(label, NUM_CLASSES)}
+    if class_weights is not None:
+        targets['weight'] = tf.gather_nd(tf.constant(class_weights),
+                                         tf.stack([tf.cast(features['body_part'], tf.int32), label]))
+    else:
+        targets['weight'] = tf.constant(1.0)
+    targets['key'] = image_key(features['image_id'])
+    return image, targets
+
+
+def _pad_to_full_batches(dataset: tf.data.Dataset, count: int, image_size: int,
+                         pipeline_batch: int) -> tf.data.Dataset:
+    """Appends padding examples (key PADDING_KEY, weight 0) up to a multiple of `pipeline_batch`.
+
+    Without it the last eval step can hand a replica an empty batch, which the CPU kernels reject,
+    and the changing batch shape would retrace the eval step (and cannot run on a TPU at all).
+    Evaluation drops the padding rows, so results equal the original's partial last batch.
+    """
+    pad = -count % pipeline_batch
+    if not pad:
+        return dataset
+    element = (tf.zeros([image_size, image_size, 3], tf.float32),
+               {'label': tf.one_hot(0, NUM_CLASSES), 'weight': tf.constant(0.0),
+                'key': tf.constant(PADDING_KEY, tf.int64)})
+    return dataset.concatenate(tf.data.Dataset.from_tensors(element).repeat(pad))
+
+
+def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_size: int, *,
+                   is_training: bool, is_pretrain: bool, image_size: int,
+                   color_jitter_strength: float = 0., cache_dataset: bool = False,
+                   class_weights: Optional[np.ndarray] = None, deterministic: bool = False,
+                   seed: Optional[int] = None, resume_step: int = 0
+                   ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
+    """Returns `input_fn(input_context) -> tf.data.Dataset` of per-replica batches.
+
+    Args:
+      builder: a prepared `mura` TFDS builder.
+      split: TFDS split expression (e.g. 'train_1pct', 'train[:50%]').
+      global_batch_size: batch over all replicas; the per-replica batch is this / replicas.
+      is_training: shuffle, repeat, drop the partial last batch, shard files across pipelines.
+      is_pretrain: two augmented views with colour jitter (training only).
+      image_size: output height and width.
+      color_jitter_strength: jitter strength of the pretraining views.
+      cache_dataset: cache the raw split in memory.
+      class_weights: (num_body_parts, 2) per-example loss weights (see `mura_class_weights`).
+      deterministic: ordered, seeded pipeline (for exact reruns and skip-ahead resume).
+      seed: shuffle seed used when `deterministic`.
+      resume_step: training steps already done; with `deterministic`, each input pipeline skips
+        the examples those steps consumed (global batch x steps / pipelines).
+    """
+    map_fn = functools.partial(_map_fn, image_size=image_size, is_training=is_training,
+                               is_pretrain=is_pretrain, color_jitter_strength=color_jitter_strength,
+                               class_weights=class_weights)
+
+    def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        logging.info('Input pipeline %d/%d for split %s: per-replica batch %d.',
+                     input_context.input_pipeline_id, input_context.num_input_pipelines, split,
+                     batch_size)
+        read_config = tfds.ReadConfig(
+            interleave_cycle_length=_INTERLEAVE_CYCLE_LENGTH, interleave_block_length=1,
+            input_context=input_context if is_training else None,
+            shuffle_seed=seed if deterministic else None)
+        dataset = builder.as_dataset(split=split, shuffle_files=is_training, read_config=read_config)
+        if cache_dataset:
+            dataset = dataset.cache()
+        if is_training:
+            options = tf.data.Options()
+            options.deterministic = bool(deterministic)
+            options.experimental_slack = True
+            dataset = dataset.with_options(options)
+            buffer_multiplier = 50 if image_size <= 32 else 10
+            dataset = dataset.shuffle(batch_size * buffer_multiplier,
+                                      seed=seed if deterministic else None)
+            dataset = dataset.repeat(-1)
+            if deterministic and resume_step:
+                # Before the map, so skipped examples are read but never decoded or augmented.
+                dataset = dataset.skip(
+                    resume_step * global_batch_size // input_context.num_input_pipelines)
+        dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        if not is_training:
+            dataset = _pad_to_full_batches(dataset, num_examples(builder, split), image_size,
+                                           global_batch_size // input_context.num_input_pipelines)
+        dataset = dataset.batch(batch_size, drop_remainder=is_training)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    return input_fn
+
+
+def build_distributed_dataset(input_fn, strategy: tf.distribute.Strategy):
+    """`strategy.distribute_datasets_from_function(input_fn)`, as the original."""
+    return strategy.distribute_datasets_from_function(input_fn)

@@ -1,0 +1,143 @@
+"""Evaluation: eval loop -> per-image predictions CSV -> metrics -> result files and summaries.
+
+As the original's `perform_evaluation`, the model is restored from one checkpoint (model weights
+and global step), run with training=False over `eval_split` (centre crop, no repeat, partial last
+batch kept) and the results are written to `model_dir`: TensorBoard summaries at the checkpoint's
+step, `result.json` (overwritten), `result_<step>.json` and `flags.json` (the run's settings).
+The original's `eval/label_top_1_accuracy` and `eval/regularization_loss` are kept;
+`eval/label_top_5_accuracy` is dropped because with 2 classes it is always 1. Added:
+`predictions_<split>_<step>.csv` (image_id, study_id, body_part, label, probability of abnormal)
+and the image- and study-level metrics of `metrics.py` under `eval/<level>/<group>/<metric>`.
+"""
+import math
+import os
+import re
+from typing import Any, Dict, Optional
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from absl import logging
+
+from simclr_mura import data as data_lib
+from simclr_mura import io_util
+from simclr_mura import metrics as metrics_lib
+from simclr_mura import model as model_lib
+from simclr_mura.config import Config
+
+
+def predictions_filename(split: str, step: int) -> str:
+    """`predictions_<split>_<step>.csv`, with slice characters of the split made file-safe."""
+    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', split).strip('_')
+    return f'predictions_{safe}_{step}.csv'
+
+
+def restore_for_eval(model, checkpoint_path: str) -> int:
+    """Loads model weights and the global step from a training checkpoint; returns the step."""
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    tf.train.Checkpoint(model=model, global_step=global_step).restore(checkpoint_path).expect_partial()
+    return int(global_step.numpy())
+
+
+def predict(model, builder, strategy: tf.distribute.Strategy, *, split: str, batch_size: int,
+            image_size: int, eval_steps: Optional[int] = None) -> pd.DataFrame:
+    """Per-image abnormality probabilities of `split`, one row per image, sorted by image_id.
+
+    Columns: image_id, study_id, body_part, label, probability. `eval_steps` limits the number
+    of global batches (None or 0: the whole split).
+    """
+    input_fn = data_lib.build_input_fn(builder, split, batch_size, is_training=False,
+                                       is_pretrain=False, image_size=image_size)
+    dataset = data_lib.build_distributed_dataset(input_fn, strategy)
+
+    def replica_step(images, targets):
+        _, logits = model(images, training=False)
+        probability = tf.nn.softmax(tf.cast(logits, tf.float32))[:, 1]
+        return targets['key'], probability
+
+    @tf.function
+    def eval_step(images, targets):
+        return strategy.run(replica_step, (images, targets))
+
+    keys, probabilities = [], []
+    for step, (images, targets) in enumerate(dataset):
+        if eval_steps and step >= eval_steps:
+            break
+        key, probability = eval_step(images, targets)
+        keys.extend(t.numpy() for t in strategy.experimental_local_results(key))
+        probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
+    found = pd.DataFrame({'key': np.concatenate(keys) if keys else np.array([], np.int64),
+                          'probability': np.concatenate(probabilities) if probabilities else []})
+    found = found[found['key'] != data_lib.PADDING_KEY]
+    index = data_lib.split_index(builder, split)
+    table = found.merge(index, on='key', how='left', validate='one_to_one')
+    if table['image_id'].isna().any():
+        raise RuntimeError(f'{table["image_id"].isna().sum()} predictions of split {split} could not '
+                           'be matched to an image id')
+    table = table.sort_values('image_id').reset_index(drop=True)
+    return table[list(metrics_lib.PREDICTION_COLUMNS)]
+
+
+def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
+    writer = tf.summary.create_file_writer(model_dir)
+    with writer.as_default():
+        for name, value in values.items():
+            if (name.startswith('eval/') and isinstance(value, (int, float))
+                    and not isinstance(value, bool) and math.isfinite(value)):
+                tf.summary.scalar(name, value, step=step)
+    writer.flush()
+    writer.close()
+
+
+def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
+             checkpoint_path: str, *, write_files: bool = True) -> Dict[str, Any]:
+    """Evaluates one checkpoint on `config.eval_split` and writes the result files.
+
+    Args:
+      config: the run's settings (eval split, batch size, steps, model_dir, ...).
+      model: the built model (under `strategy.scope()`); its weights are replaced by the checkpoint's.
+      builder: the prepared `mura` TFDS builder.
+      strategy: the distribution strategy.
+      checkpoint_path: a training checkpoint prefix (`<model_dir>/ckpt-<step>`).
+      write_files: write results, predictions and summaries (False on non-chief workers).
+
+    Returns:
+      The flat result dict that `result.json` holds (NaN where a metric is undefined).
+    """
+    step = restore_for_eval(model, checkpoint_path)
+    logging.info('Evaluating %s (step %d) on split %s.', checkpoint_path, step, config.eval_split)
+    predictions = predict(model, builder, strategy, split=config.eval_split,
+                          batch_size=config.eval_batch_size, image_size=config.image_size,
+                          eval_steps=config.eval_steps)
+    computed = metrics_lib.compute_metrics(predictions, study_level=config.eval_study_level)
+    regularization = float(model_lib.add_weight_decay(model, config.optimizer,
+                                                      config.weight_decay).numpy())
+    result = {'eval/label_top_1_accuracy': computed['image']['overall']['accuracy'],
+              'eval/regularization_loss': regularization,
+              'global_step': step,
+              'eval_split': config.eval_split,
+              'checkpoint': checkpoint_path}
+    result.update(metrics_lib.flatten(computed))
+    _log_result(result, config.eval_study_level)
+    if write_files:
+        model_dir = config.model_dir
+        io_util.write_text_atomic(os.path.join(model_dir, predictions_filename(config.eval_split, step)),
+                                  predictions.to_csv(index=False, float_format='%.7g'))
+        io_util.write_json_atomic(os.path.join(model_dir, f'result_{step}.json'), result)
+        io_util.write_json_atomic(os.path.join(model_dir, 'result.json'), result)
+        io_util.write_json_atomic(os.path.join(model_dir, 'flags.json'), config.to_dict())
+        _write_summaries(model_dir, result, step)
+    return result
+
+
+def _log_result(result: Dict[str, Any], study_level: bool) -> None:
+    def fmt(key):
+        value = result.get(key, math.nan)
+        return f'{value:.4f}'
+    logging.info('Eval at step %d: image accuracy %s, AUROC %s, F1 %s, kappa %s', result['global_step'],
+                 fmt('eval/image/overall/accuracy'), fmt('eval/image/overall/auroc'),
+                 fmt('eval/image/overall/f1'), fmt('eval/image/overall/kappa'))
+    if study_level:
+        logging.info('Eval at step %d: study accuracy %s, AUROC %s, kappa %s', result['global_step'],
+                     fmt('eval/study/overall/accuracy'), fmt('eval/study/overall/auroc'),
+                     fmt('eval/study/overall/kappa'))

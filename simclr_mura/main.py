@@ -1,0 +1,158 @@
+"""One run: mode (train / eval / train_then_eval) x train_mode (pretrain / finetune).
+
+`run(config)` is what `run.py` calls after turning flags into a `Config`. Order of work:
+1. check the settings and whether the dataset is available (all problems reported together, one
+   line each, before anything slow happens);
+2. build the dataset from `--tfds_manual_dir` if asked, then check the split names and the batch
+   sizes against the dataset and the distribution strategy;
+3. build the model under the strategy, then train and/or evaluate (+ export) as the mode says.
+"""
+import dataclasses
+from typing import Any, Dict, Optional
+
+import tensorflow as tf
+from absl import logging
+
+from simclr_mura import checkpoints
+from simclr_mura import config as config_lib
+from simclr_mura import data as data_lib
+from simclr_mura import evaluate as evaluate_lib
+from simclr_mura import export as export_lib
+from simclr_mura import schedule
+from simclr_mura import train as train_lib
+from simclr_mura.config import Config, ConfigError
+
+EVAL_POLL_SECONDS = 15  # As the original's checkpoints_iterator in mode=eval.
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run did: the final training step, the last eval result and the last export."""
+    final_step: Optional[int] = None
+    eval_result: Optional[Dict[str, Any]] = None
+    export_path: Optional[str] = None
+
+
+def _latest_checkpoint(model_dir: Optional[str]) -> Optional[str]:
+    return tf.train.latest_checkpoint(model_dir) if model_dir and tf.io.gfile.isdir(model_dir) else None
+
+
+def check_start(config: Config):
+    """Validates the settings and the dataset's availability; returns the (unprepared) builder.
+
+    Raises:
+      ConfigError: every problem found, one per line; a missing dataset comes first.
+    """
+    errors = []
+    builder = None
+    try:
+        builder = data_lib.make_builder(config.dataset, config.data_dir)
+        if not builder.is_prepared() and not config.tfds_manual_dir:
+            errors.append(data_lib.not_built_message(config.dataset, config.data_dir))
+    except data_lib.DatasetNotBuiltError as e:
+        errors.append(str(e))
+    try:
+        config_lib.validate(config, resuming=_latest_checkpoint(config.model_dir) is not None)
+    except ConfigError as e:
+        errors.extend(str(e).splitlines())
+    if errors:
+        raise ConfigError('\n'.join(errors))
+    return builder
+
+
+def _check_split_sizes(builder, config: Config) -> None:
+    errors = []
+    for flag in ('train_split', 'eval_split'):
+        split = getattr(config, flag)
+        try:
+            n = data_lib.num_examples(builder, split)
+        except Exception as e:  # TFDS rejects bad slices with several exception types.
+            errors.append(f'--{flag}={split}: {str(e).splitlines()[0]}')
+            continue
+        if n == 0:
+            errors.append(f'--{flag}={split} has no examples in {config.dataset}')
+    if errors:
+        raise ConfigError('\n'.join(errors))
+
+
+def _evaluate_and_export(config: Config, model, builder, strategy, checkpoint_path: str,
+                         result: RunResult) -> None:
+    chief = train_lib.is_chief(strategy)
+    checkpoints.check_compatible(model, checkpoint_path, train_lib.architecture(config),
+                                 label='checkpoint')
+    result.eval_result = evaluate_lib.evaluate(config, model, builder, strategy, checkpoint_path,
+                                               write_files=chief)
+    if chief:
+        result.export_path = export_lib.export(model, config.model_dir,
+                                               result.eval_result['global_step'], config.image_size,
+                                               config.keep_hub_module_max)
+
+
+def _eval_loop(config: Config, model, builder, strategy, train_steps: int, result: RunResult) -> None:
+    """Evaluates each new checkpoint in model_dir until one reaches train_steps (as the original)."""
+    if _latest_checkpoint(config.model_dir) is None:
+        logging.info('Waiting for checkpoints in %s (polling every %d s).', config.model_dir,
+                     EVAL_POLL_SECONDS)
+    for path in tf.train.checkpoints_iterator(config.model_dir, min_interval_secs=EVAL_POLL_SECONDS):
+        _evaluate_and_export(config, model, builder, strategy, path, result)
+        if result.eval_result['global_step'] >= train_steps:
+            logging.info('Eval complete: step %d >= train_steps %d.',
+                         result.eval_result['global_step'], train_steps)
+            return
+
+
+def check_strategy(config: Config, strategy: tf.distribute.Strategy) -> None:
+    """Combinations that depend on the strategy picked at run time."""
+    errors = []
+    mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if config.jit_compile and isinstance(strategy, mirrored):
+        errors.append(f'--jit_compile cannot run under {type(strategy).__name__} (its cross-replica '
+                      'variable updates cannot be XLA-compiled); use one device, or a TPU, whose '
+                      'steps are always XLA-compiled')
+    if errors:
+        raise ConfigError('\n'.join(errors))
+
+
+def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> RunResult:
+    """Runs `config.mode` for `config.train_mode`; see the module docstring.
+
+    Args:
+      config: the run's settings.
+      strategy: a distribution strategy to use instead of the one `train.make_strategy` picks
+        (tests pass a MirroredStrategy over logical CPUs).
+
+    Raises:
+      ConfigError: bad settings, a missing dataset or a mismatching checkpoint (one line each).
+    """
+    builder = check_start(config)
+    data_lib.ensure_prepared(builder, config.tfds_manual_dir)
+    config_lib.validate(config, available_splits=list(builder.info.splits.keys()),
+                        resuming=_latest_checkpoint(config.model_dir) is not None)
+    _check_split_sizes(builder, config)
+    train_lib.configure_runtime(config)
+    strategy = strategy or train_lib.make_strategy(config)
+    config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync, resuming=True)
+    check_strategy(config, strategy)
+
+    num_train = data_lib.num_examples(builder, config.train_split)
+    train_steps = schedule.get_train_steps(num_train, config.train_batch_size, config.train_epochs,
+                                           config.train_steps)
+    num_classes = builder.info.features['label'].num_classes
+    class_weights = None
+    if config.class_weighting == 'mura':
+        class_weights = data_lib.mura_class_weights(builder, config.train_split)
+        logging.info('MURA class weights per body part [normal, abnormal]: %s', class_weights.tolist())
+    with strategy.scope():
+        model = train_lib.build_model(config, num_classes)
+
+    result = RunResult()
+    if config.mode in ('train', 'train_then_eval'):
+        result.final_step = train_lib.train(config, builder, strategy, model,
+                                            num_train_examples=num_train, class_weights=class_weights)
+    if config.mode == 'train_then_eval':
+        # As the original: evaluate (and export) the latest checkpoint only.
+        _evaluate_and_export(config, model, builder, strategy, _latest_checkpoint(config.model_dir),
+                             result)
+    elif config.mode == 'eval':
+        _eval_loop(config, model, builder, strategy, train_steps, result)
+    return result

@@ -1,0 +1,318 @@
+"""Strategy selection, model/optimizer construction and the custom training loop.
+
+The loop is the original's (google-research/simclr `tf2/run.py`): a `tf.function` runs a graph
+loop of `strategy.run(single_step)` over `steps_per_loop` steps; after each loop the metrics
+(Keras `Mean`s, one value per loop) and the learning rate are logged and written as summaries and a
+checkpoint is saved. Differences: training stops at exactly `train_steps` (the last loop is
+shortened), a restarted run resumes from the newest checkpoint in `model_dir` and says so, every
+loop logs a progress line (step, loss, examples/s, ETA), and `--checkpoint` is checked against the
+model before it is loaded.
+"""
+import os
+import tempfile
+import time
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+from absl import logging
+
+from simclr_mura import checkpoints
+from simclr_mura import data as data_lib
+from simclr_mura import lars_optimizer
+from simclr_mura import model as model_lib
+from simclr_mura import objective
+from simclr_mura import schedule
+from simclr_mura.config import Config
+
+LARS_EXCLUDE = ['batch_normalization', 'bias', 'head_supervised']
+
+
+def make_strategy(config: Config) -> tf.distribute.Strategy:
+    """TPUStrategy with --use_tpu; MultiWorkerMirrored if TF_CONFIG is set; else Mirrored.
+
+    MirroredStrategy spans every visible GPU, or the one CPU when there is none, so CPU runs go
+    through the same replica-context code (SyncBN, cross-replica negatives) as GPU runs. With
+    --jit_compile on one device the default strategy is used instead (see the comment below).
+    """
+    if config.use_tpu:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+            tpu=config.tpu_name or config.master, zone=config.tpu_zone, project=config.gcp_project)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        strategy = tf.distribute.TPUStrategy(resolver)
+    elif os.environ.get('TF_CONFIG'):
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    elif config.jit_compile and len(tf.config.list_logical_devices('GPU')) <= 1:
+        # MirroredStrategy's cross-replica variable updates (BN moving averages) cannot run in an
+        # XLA-compiled step, so a single-device XLA run uses the default (no-op) strategy.
+        strategy = tf.distribute.get_strategy()
+    else:
+        strategy = tf.distribute.MirroredStrategy()
+    logging.info('Strategy %s with %d replica(s).', type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this worker writes checkpoints, summaries and results (always true off multi-worker)."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type in (None, 'chief') or (task_type == 'worker' and task_id == 0
+                                             and 'chief' not in resolver.cluster_spec().as_dict())
+
+
+def configure_runtime(config: Config) -> None:
+    """Seeds, op determinism and the Keras mixed-precision policy (process-wide settings)."""
+    if config.seed is not None:
+        tf_keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = 'float32' if config.mixed_precision == 'none' else config.mixed_precision
+    tf_keras.mixed_precision.set_global_policy(policy)
+
+
+def architecture(config: Config) -> str:
+    """Short description of the configured network, for messages."""
+    return (f'resnet_depth={config.resnet_depth}, width_multiplier={config.width_multiplier}, '
+            f'sk_ratio={config.sk_ratio}, se_ratio={config.se_ratio}, '
+            f'proj_head_mode={config.proj_head_mode}, num_proj_layers={config.num_proj_layers}')
+
+
+def build_model(config: Config, num_classes: int) -> model_lib.Model:
+    """The SimCLR model with its variables created (call inside `strategy.scope()`)."""
+    model = model_lib.Model(
+        num_classes, train_mode=config.train_mode,
+        lineareval_while_pretraining=config.lineareval_while_pretraining,
+        resnet_depth=config.resnet_depth, width_multiplier=config.width_multiplier,
+        sk_ratio=config.sk_ratio, se_ratio=config.se_ratio, image_size=config.image_size,
+        global_bn=config.global_bn, batch_norm_decay=config.batch_norm_decay,
+        proj_head_mode=config.proj_head_mode, proj_out_dim=config.proj_out_dim,
+        num_proj_layers=config.num_proj_layers, ft_proj_selector=config.ft_proj_selector,
+        fine_tune_after_block=config.fine_tune_after_block, use_blur=config.use_blur,
+        zero_init_logits_layer=config.zero_init_logits_layer)
+    # Build now, in cross-replica context, so checkpoints can be checked against the variables.
+    model(tf.zeros([1, config.image_size, config.image_size, 3]), training=False)
+    return model
+
+
+def build_optimizer(config: Config, learning_rate):
+    """The original's `build_optimizer`: LARS, SGD with Nesterov momentum, or Adam."""
+    if config.optimizer == 'lars':
+        optimizer = lars_optimizer.LARSOptimizer(
+            learning_rate, momentum=config.momentum, weight_decay=config.weight_decay,
+            exclude_from_weight_decay=LARS_EXCLUDE)
+    elif config.optimizer == 'momentum':
+        optimizer = tf_keras.optimizers.SGD(learning_rate, config.momentum, nesterov=True)
+    else:
+        optimizer = tf_keras.optimizers.Adam(learning_rate)
+    if config.mixed_precision == 'mixed_float16':
+        optimizer = tf_keras.mixed_precision.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _metric_names(config: Config):
+    names = ['train/weight_decay', 'train/total_loss']
+    if config.train_mode == 'pretrain':
+        names += ['train/contrast_loss', 'train/contrast_acc', 'train/contrast_entropy']
+    if config.has_supervised_head:
+        names += ['train/supervised_loss', 'train/supervised_acc']
+    return names
+
+
+def _supervised_loss(config: Config, labels, weights, logits):
+    if config.class_weighting == 'none':
+        return objective.add_supervised_loss(labels, logits)
+    per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    return tf.reduce_mean(weights * per_example)
+
+
+def _make_compute_step(config: Config, model, optimizer, strategy):
+    """(images, targets) -> (gradients, per-replica statistics); XLA-compiled with --jit_compile."""
+    loss_scaling = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+
+    def compute(images, targets):
+        stats = {}
+        with tf.GradientTape() as tape:
+            proj, logits = model(images, training=True)
+            loss = tf.constant(0.0)
+            if proj is not None:
+                con_loss, logits_con, labels_con = objective.add_contrastive_loss(
+                    tf.cast(proj, tf.float32), hidden_norm=config.hidden_norm,
+                    temperature=config.temperature, strategy=strategy)
+                loss += con_loss
+                stats['train/contrast_loss'] = con_loss
+                stats['train/contrast_acc'] = objective.contrastive_accuracy(labels_con, logits_con)
+                stats['train/contrast_entropy'] = objective.contrastive_entropy(logits_con)
+            if logits is not None:
+                labels, weights = targets['label'], targets['weight']
+                if config.train_mode == 'pretrain':
+                    # The linear-eval head sees both views.
+                    labels, weights = tf.concat([labels, labels], 0), tf.concat([weights, weights], 0)
+                logits = tf.cast(logits, tf.float32)
+                sup_loss = _supervised_loss(config, labels, weights, logits)
+                loss += sup_loss
+                stats['train/supervised_loss'] = sup_loss
+                stats['train/supervised_acc'] = objective.supervised_accuracy(labels, logits)
+            weight_decay = tf.cast(model_lib.add_weight_decay(model, config.optimizer,
+                                                              config.weight_decay), tf.float32)
+            loss += weight_decay
+            stats['train/weight_decay'] = weight_decay
+            stats['train/total_loss'] = loss
+            scaled = loss / strategy.num_replicas_in_sync
+            if loss_scaling:
+                scaled = optimizer.get_scaled_loss(scaled)
+        grads = tape.gradient(scaled, model.trainable_variables)
+        if loss_scaling:
+            grads = optimizer.get_unscaled_gradients(grads)
+        return grads, stats
+
+    if config.jit_compile:
+        return tf.function(compute, jit_compile=True)
+    return compute
+
+
+class Trainer:
+    """Runs the training loop of one configured run; see `train` for the entry point."""
+
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy, model, optimizer,
+                 lr_schedule, train_steps: int, steps_per_loop: int):
+        self.config = config
+        self.strategy = strategy
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.train_steps = train_steps
+        self.steps_per_loop = steps_per_loop
+        with strategy.scope():
+            self.metrics = {name: tf_keras.metrics.Mean(name) for name in _metric_names(config)}
+        self._compute = _make_compute_step(config, model, optimizer, strategy)
+        self._train_loop = tf.function(self._multiple_steps)
+        self._reported_unused = False
+
+    def _single_step(self, images, targets, record_step):
+        step = self.optimizer.iterations + 1
+        with tf.summary.record_if(tf.equal(step, record_step)):
+            tf.summary.image('image', images[..., :3], step=step)
+        grads, stats = self._compute(images, targets)
+        pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
+        unused = len(grads) - len(pairs)
+        if unused and not self._reported_unused:
+            # E.g. projection-head layers after the ft_proj_selector layer when fine-tuning; the
+            # original passes their None gradients on and Keras warns at every trace.
+            logging.info('%d trainable variables receive no gradient and are not updated.', unused)
+            self._reported_unused = True
+        self.optimizer.apply_gradients(pairs)
+        for name, value in stats.items():
+            self.metrics[name].update_state(value)
+
+    def _multiple_steps(self, iterator, num_steps, record_step):
+        for _ in tf.range(num_steps):
+            with tf.name_scope(''):
+                images, targets = next(iterator)
+                self.strategy.run(self._single_step, (images, targets, record_step))
+
+    def run(self, iterator, manager: tf.train.CheckpointManager, writer, chief: bool) -> int:
+        """Trains from the optimizer's current step to `train_steps`; returns the final step."""
+        batch = self.config.train_batch_size
+        cur_step = int(self.optimizer.iterations.numpy())
+        start_step, start_time = cur_step, time.time()
+        while True:
+            num_steps = schedule.steps_in_next_loop(cur_step, self.train_steps, self.steps_per_loop)
+            if not num_steps:
+                break
+            loop_start = time.time()
+            with writer.as_default():
+                self._train_loop(iterator, tf.constant(num_steps, tf.int64),
+                                 tf.constant(cur_step + num_steps, tf.int64))
+            cur_step = int(self.optimizer.iterations.numpy())
+            elapsed = time.time() - loop_start
+            manager.save(checkpoint_number=cur_step)
+            self._log_loop(cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch)
+        logging.info('Training complete: step %d of %d.', cur_step, self.train_steps)
+        return cur_step
+
+    def _log_loop(self, cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch):
+        values = {name: float(metric.result().numpy()) for name, metric in self.metrics.items()}
+        values['learning_rate'] = float(self.lr_schedule(cur_step).numpy())
+        rate = (cur_step - start_step) / max(time.time() - start_time, 1e-9)
+        eta = (self.train_steps - cur_step) / rate if rate > 0 else float('nan')
+        logging.info('Step %d/%d: loss %.4f, %.1f examples/s, ETA %s | %s', cur_step, self.train_steps,
+                     values['train/total_loss'], num_steps * batch / max(elapsed, 1e-9),
+                     _format_seconds(eta),
+                     ', '.join(f'{k.split("/")[-1]} {v:.4g}' for k, v in values.items()
+                               if k != 'train/total_loss'))
+        if chief:
+            with writer.as_default():
+                for name, value in values.items():
+                    tf.summary.scalar(name, value, step=cur_step)
+            writer.flush()
+        for metric in self.metrics.values():
+            metric.reset_state()
+
+
+def _format_seconds(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return '?'
+    seconds = int(round(seconds))
+    return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
+
+
+def _checkpoint_dir(config: Config, chief: bool) -> str:
+    # Non-chief workers of a multi-worker run must save too (collectives), but somewhere private.
+    return config.model_dir if chief else tempfile.mkdtemp(prefix='simclr_mura_worker_')
+
+
+def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
+          num_train_examples: int, class_weights: Optional[np.ndarray] = None) -> int:
+    """Trains `model` (built under `strategy.scope()`) to exactly the configured number of steps.
+
+    Resumes from the newest checkpoint in `model_dir` if there is one; otherwise loads
+    `--checkpoint` (model weights only) if given. Returns the final global step.
+    """
+    train_steps = schedule.get_train_steps(num_train_examples, config.train_batch_size,
+                                           config.train_epochs, config.train_steps)
+    epoch_steps = schedule.get_epoch_steps(num_train_examples, config.train_batch_size)
+    steps_per_loop = schedule.get_checkpoint_steps(config.checkpoint_steps, config.checkpoint_epochs,
+                                                   epoch_steps)
+    chief = is_chief(strategy)
+    with strategy.scope():
+        lr_schedule = schedule.WarmUpAndCosineDecay(
+            config.learning_rate, num_train_examples, config.train_batch_size,
+            config.learning_rate_scaling, config.warmup_epochs, config.train_epochs,
+            config.train_steps)
+        optimizer = build_optimizer(config, lr_schedule)
+        checkpoint, manager = checkpoints.make_manager(
+            model, optimizer, _checkpoint_dir(config, chief), config.keep_checkpoint_max)
+        latest = manager.latest_checkpoint
+        if latest:
+            # A clear message instead of a restore-time shape error when the flags changed.
+            checkpoints.check_compatible(model, latest, architecture(config),
+                                         label='checkpoint in --model_dir')
+            checkpoints.resume(checkpoint, manager)
+            logging.info('Resuming from checkpoint %s at step %d (train_steps %d).', latest,
+                         int(optimizer.iterations.numpy()), train_steps)
+        elif config.checkpoint:
+            checkpoints.initialize_from_checkpoint(model, config.checkpoint,
+                                                   config.zero_init_logits_layer, architecture(config))
+        elif config.train_mode == 'finetune':
+            logging.warning('Fine-tuning from random initialisation (--allow_random_init).')
+    start_step = int(optimizer.iterations.numpy())
+    logging.info('Training %s on %s (%d examples): %d steps, %d per loop, global batch %d, '
+                 '%d replica(s).', config.train_mode, config.train_split, num_train_examples,
+                 train_steps, steps_per_loop, config.train_batch_size, strategy.num_replicas_in_sync)
+    input_fn = data_lib.build_input_fn(
+        builder, config.train_split, config.train_batch_size, is_training=True,
+        is_pretrain=config.train_mode == 'pretrain', image_size=config.image_size,
+        color_jitter_strength=config.color_jitter_strength, cache_dataset=config.cache_dataset,
+        class_weights=class_weights,
+        # A seeded run reads in a reproducible order, which also lets a resumed run skip ahead.
+        deterministic=config.seed is not None, seed=config.seed, resume_step=start_step)
+    iterator = iter(data_lib.build_distributed_dataset(input_fn, strategy))
+    writer = tf.summary.create_file_writer(config.model_dir) if chief else tf.summary.create_noop_writer()
+    trainer = Trainer(config, strategy, model, optimizer, lr_schedule, train_steps, steps_per_loop)
+    return trainer.run(iterator, manager, writer, chief)
+

@@ -1,0 +1,112 @@
+"""Tests for simclr_mura.config: validation messages, one line per bad combination."""
+import pytest
+
+from simclr_mura import config as config_lib
+from simclr_mura.config import Config, ConfigError, validate
+
+SPLITS = ('train', 'validation', 'test', 'train_1pct', 'train_10pct')
+
+
+def _ok(**changes):
+    """A valid base config with `changes` applied."""
+    return Config(model_dir='runs/x', **changes)
+
+
+def _message(config, **kwargs):
+    with pytest.raises(ConfigError) as info:
+        validate(config, **kwargs)
+    return str(info.value)
+
+
+def test_defaults_are_valid():
+    config = _ok()
+    assert validate(config, available_splits=SPLITS, num_replicas=1) is config
+
+
+def test_config_is_frozen():
+    with pytest.raises(Exception):
+        _ok().learning_rate = 1.0  # type: ignore[misc]
+
+
+def test_finetune_without_checkpoint_is_rejected():
+    msg = _message(_ok(train_mode='finetune'))
+    assert '--train_mode=finetune needs --checkpoint' in msg and '--allow_random_init' in msg
+    validate(_ok(train_mode='finetune', allow_random_init=True))
+    validate(_ok(train_mode='finetune', checkpoint='/some/ckpt-1'))
+    validate(_ok(train_mode='finetune'), resuming=True)
+    validate(_ok(train_mode='finetune', mode='eval'))  # eval reads model_dir, not --checkpoint
+
+
+def test_batch_not_divisible_by_replicas():
+    msg = _message(_ok(train_batch_size=6, eval_batch_size=8), num_replicas=4)
+    assert msg.splitlines() == [
+        '--train_batch_size=6 is not divisible by the 4 replicas; use a multiple of 4']
+    validate(_ok(train_batch_size=8, eval_batch_size=8), num_replicas=4)
+
+
+@pytest.mark.parametrize('split', ['train', 'train_1pct', 'train[:50%]', 'train[10:20]',
+                                   'train_10pct+validation', 'test[:1shard]'])
+def test_known_splits_and_slices_pass(split):
+    validate(_ok(train_split=split), available_splits=SPLITS)
+
+
+def test_unknown_split():
+    msg = _message(_ok(train_split='train_5pct', eval_split='valid[:10%]'), available_splits=SPLITS)
+    lines = msg.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("--train_split=train_5pct: unknown split 'train_5pct' in mura/all")
+    assert "unknown split 'valid'" in lines[1] and 'available: test, train' in lines[1]
+
+
+def test_malformed_split():
+    msg = _message(_ok(eval_split='train[:50%'), available_splits=SPLITS)
+    assert msg.startswith('--eval_split:') and 'not a TFDS split expression' in msg
+
+
+def test_eval_with_nothing_to_evaluate():
+    for mode in ('eval', 'train_then_eval'):
+        msg = _message(_ok(mode=mode, lineareval_while_pretraining=False))
+        assert 'has nothing to evaluate' in msg
+    validate(_ok(mode='train', lineareval_while_pretraining=False))
+
+
+def test_unsupported_original_flags_are_rejected():
+    assert '--eval_name is unused' in _message(_ok(eval_name='x'))
+    assert '--keep_hub_module_max=0 must be > 0' in _message(_ok(keep_hub_module_max=0))
+
+
+def test_enum_and_range_errors_are_one_line_each():
+    msg = _message(_ok(optimizer='sgd', resnet_depth=42, temperature=0.0, fine_tune_after_block=7,
+                       train_mode='finetune', allow_random_init=True))
+    lines = msg.splitlines()
+    assert len(lines) == 4
+    assert '--optimizer=sgd is not one of momentum, adam, lars' in lines
+    assert any(line.startswith('--resnet_depth=42 is not one of 18, 34') for line in lines)
+
+
+def test_other_combinations():
+    assert 'needs --seed' in _message(_ok(deterministic=True))
+    validate(_ok(deterministic=True, seed=3))
+    assert '--model_dir is required' in _message(Config())
+    assert "this port reads the 'mura' TFDS dataset" in _message(_ok(dataset='imagenet2012'))
+    assert 'applies to --train_mode=finetune only' in _message(_ok(fine_tune_after_block=4))
+    assert 'cannot be evaluated' in _message(_ok(image_size=32, mode='train_then_eval'))
+    validate(_ok(image_size=32, mode='train'))
+    assert '--ft_proj_selector=4 must be in -4..3' in _message(_ok(ft_proj_selector=4))
+    assert 'but --use_tpu=False' in _message(_ok(tpu_name='my-tpu'))
+    assert '--class_weighting=mura weights' in _message(
+        _ok(class_weighting='mura', lineareval_while_pretraining=False))
+
+
+def test_split_names():
+    assert config_lib.split_names('train[:50%]+validation') == ['train', 'validation']
+    with pytest.raises(ConfigError):
+        config_lib.split_names('train]')
+
+
+def test_to_dict_and_replace():
+    c = _ok()
+    d = c.to_dict()
+    assert d['resnet_depth'] == 50 and d['model_dir'] == 'runs/x'
+    assert c.replace(resnet_depth=18).resnet_depth == 18 and c.resnet_depth == 50
+    assert c.has_supervised_head and not c.replace(lineareval_while_pretraining=False).has_supervised_head

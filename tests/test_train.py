@@ -1,0 +1,101 @@
+"""Tests for simclr_mura.train: exact step count, resume after a killed run, strategies, XLA and
+mixed precision, on the tiny synthetic dataset."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+import tiny_mura
+import tiny_runs
+from simclr_mura import main
+from simclr_mura import train
+from simclr_mura.config import Config, ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
+
+
+def _steps(model_dir):
+    return sorted(int(f[len('ckpt-'):-len('.index')]) for f in os.listdir(model_dir)
+                  if f.startswith('ckpt-') and f.endswith('.index'))
+
+
+def _run_py(args, **kwargs):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'run.py'), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_saved_step_and_ends_at_train_steps(data_dir, tmp_path):
+    model_dir = str(tmp_path / 'resume')
+    args = [f'--data_dir={data_dir}', f'--dataset={tiny_mura.DATASET}', f'--model_dir={model_dir}',
+            '--mode=train', '--resnet_depth=18', '--image_size=64', '--train_batch_size=8',
+            '--train_steps=7', '--checkpoint_steps=2', '--warmup_epochs=0', '--seed=3',
+            '--keep_checkpoint_max=10']
+    first = _run_py(args)
+    deadline = time.time() + 300
+    # Wait for the manager's state file (written after the checkpoint files) to name a checkpoint.
+    while not (os.path.isdir(model_dir) and tf.train.latest_checkpoint(model_dir)):
+        assert first.poll() is None, first.stdout.read()
+        assert time.time() < deadline, 'no checkpoint after 300 s'
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    latest = tf.train.latest_checkpoint(model_dir)
+    saved_step = int(latest.rsplit('-', 1)[1])
+    assert saved_step < 7, saved_step  # killed part-way
+
+    second = _run_py(args)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    assert f'Resuming from checkpoint {latest} at step {saved_step} (train_steps 7)' in output
+    # Exactly train_steps: the last loop is shortened (6 -> 7), never run past it.
+    assert _steps(model_dir)[-1] == 7 and all(step <= 7 for step in _steps(model_dir))
+    assert tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-7')).get_tensor(
+        'global_step/.ATTRIBUTES/VARIABLE_VALUE') == 7
+    assert 'Step 7/7: loss ' in output and 'examples/s, ETA 0:00:00' in output
+    assert 'Training complete: step 7 of 7.' in output
+
+
+def test_run_py_without_a_built_dataset_explains_how_to_get_mura(tmp_path):
+    proc = _run_py([f'--data_dir={tmp_path}', '--mode=train_then_eval', '--train_mode=pretrain'])
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, output
+    lines = [line for line in output.splitlines() if line.startswith('run.py: error:')]
+    assert 'The TFDS dataset mura/all is not built in' in lines[0]
+    assert 'python -m tfds_mura.build' in lines[0] and 'bash run.sh demo' in lines[0]
+    assert any('--model_dir is required' in line for line in lines)
+
+
+def test_default_strategy_is_mirrored_over_the_local_devices():
+    strategy = train.make_strategy(Config())
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    # No GPU here: the CPU devices (tests/conftest.py splits the CPU into 2 logical ones).
+    assert strategy.num_replicas_in_sync == len(tf.config.list_logical_devices('CPU'))
+    single = train.make_strategy(Config(jit_compile=True))
+    assert not isinstance(single, tf.distribute.MirroredStrategy)
+
+
+def test_jit_compile_and_mixed_precision_train(data_dir, tmp_path):
+    config = tiny_runs.base_config(data_dir, str(tmp_path / 'xla'), train_steps=1, jit_compile=True,
+                                   mixed_precision='mixed_bfloat16', use_blur=False)
+    try:
+        result = main.run(config, strategy=tf.distribute.get_strategy())
+    finally:
+        train.configure_runtime(Config())  # back to float32 for the other tests
+    assert result.final_step == 1 and _steps(config.model_dir) == [1]
+
+
+def test_jit_compile_is_refused_under_mirrored_strategy(data_dir, tmp_path):
+    config = tiny_runs.base_config(data_dir, str(tmp_path / 'xla2'), train_steps=1, jit_compile=True)
+    with pytest.raises(ConfigError, match='--jit_compile cannot run under MirroredStrategy'):
+        main.run(config, strategy=tiny_runs.strategy(1))

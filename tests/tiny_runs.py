@@ -1,0 +1,60 @@
+"""Small SimCLR runs on the tiny synthetic dataset, made once per test session and shared.
+
+`pretrain_dir`: pretraining with linear eval, train_then_eval, under MirroredStrategy over two
+logical CPUs (global batch 8), 4 steps with a checkpoint every 2.
+`finetune_dir`: linear evaluation of it (fine_tune_after_block=4, momentum, MURA class weights)
+on train_1pct, evaluated on the test split, on one replica, from `--checkpoint=<pretrain dir>`.
+"""
+import os
+
+import tensorflow as tf
+
+import tiny_mura
+from simclr_mura import main
+from simclr_mura.config import Config
+
+_CACHE = {}
+PRETRAIN_STEPS = 4
+FINETUNE_STEPS = 3
+
+
+def base_config(data_dir: str, model_dir: str, **changes) -> Config:
+    """A tiny valid configuration (ResNet-18, 64 px) on the tiny mura/elbow dataset."""
+    values = dict(dataset=tiny_mura.DATASET, data_dir=data_dir, model_dir=model_dir, resnet_depth=18,
+                  image_size=64, train_batch_size=8, eval_batch_size=8, warmup_epochs=0,
+                  checkpoint_steps=2, seed=1)
+    values.update(changes)
+    return Config(**values)
+
+
+def strategy(replicas: int) -> tf.distribute.MirroredStrategy:
+    devices = [f'/cpu:{i}' for i in range(replicas)]
+    if len(tf.config.list_logical_devices('CPU')) < replicas:
+        raise RuntimeError(f'needs {replicas} logical CPUs (tests/conftest.py makes 2)')
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def pretrain_dir(base_dir: str):
+    """(model_dir, RunResult) of the shared pretraining run."""
+    if 'pretrain' not in _CACHE:
+        data_dir = tiny_mura.build(os.path.join(base_dir, 'tiny_mura'))
+        model_dir = os.path.join(base_dir, 'pretrain')
+        config = base_config(data_dir, model_dir, mode='train_then_eval', train_mode='pretrain',
+                             train_steps=PRETRAIN_STEPS, learning_rate=0.1)
+        _CACHE['pretrain'] = (model_dir, main.run(config, strategy=strategy(2)))
+    return _CACHE['pretrain']
+
+
+def finetune_dir(base_dir: str):
+    """(model_dir, RunResult, Config) of the shared linear-evaluation run."""
+    if 'finetune' not in _CACHE:
+        source, _ = pretrain_dir(base_dir)
+        data_dir = tiny_mura.build(os.path.join(base_dir, 'tiny_mura'))
+        model_dir = os.path.join(base_dir, 'finetune')
+        config = base_config(data_dir, model_dir, mode='train_then_eval', train_mode='finetune',
+                             checkpoint=source, train_split='train_1pct', eval_split='test',
+                             train_steps=FINETUNE_STEPS, fine_tune_after_block=4, optimizer='momentum',
+                             learning_rate=0.1, weight_decay=0.0, class_weighting='mura',
+                             global_bn=False)
+        _CACHE['finetune'] = (model_dir, main.run(config, strategy=strategy(1)), config)
+    return _CACHE['finetune']
