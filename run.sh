@@ -42,8 +42,9 @@ ensure_env() {
   want="$(sha1sum < setup.py | cut -c1-12)-[$extras]-$ROOT"
   if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
     say "installing simclr-mura[$extras] into $VIRTUAL_ENV (first run downloads TensorFlow, ~600 MB)"
-    python -m pip install --quiet --upgrade pip
-    python -m pip install --quiet -e ".[$extras]" || die "pip install failed (see the messages above)"
+    local log="$VIRTUAL_ENV/simclr_mura_install.log"
+    { python -m pip install --upgrade pip && python -m pip install -e ".[$extras]"; } >"$log" 2>&1 \
+      || { tail -n 25 "$log" >&2; die "pip install failed; full log: $log"; }
     echo "$want" > "$stamp"
   fi
 }
@@ -75,7 +76,17 @@ cmd_demo() {
     cmd_synth --out "$WORK_DIR/manual" --scale "$SCALE" --seed 0
   fi
   cmd_build --manual_dir "$WORK_DIR/manual" --data_dir "$WORK_DIR/tfds"
-  say "demo finished: TFDS data in $WORK_DIR/tfds"
+  local runs="$WORK_DIR/runs"
+  # The flagfiles name work_dirs/ paths; the overrides keep WORK_DIR working.
+  local experiment args
+  for experiment in demo_pretrain demo_finetune_1pct demo_finetune_10pct demo_finetune_100pct; do
+    args=(--flagfile="flags/$experiment.cfg" --data_dir="$WORK_DIR/tfds" --model_dir="$runs/$experiment")
+    [[ $experiment == demo_pretrain ]] || args+=(--checkpoint="$runs/demo_pretrain")
+    say "$experiment: python run.py ${args[*]}"
+    python run.py "${args[@]}"
+  done
+  say "results (synthetic data; python -m simclr_mura.report --model_root $runs --out $WORK_DIR/report)"
+  python -m simclr_mura.report --model_root "$runs" --out "$WORK_DIR/report"
 }
 
 cmd_test() {

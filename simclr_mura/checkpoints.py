@@ -7,6 +7,8 @@ directory (its `variables/variables`); only model weights are loaded from it. Be
 model's variables are compared with the checkpoint's, and an architecture mismatch is reported with
 the first variable that differs instead of a restore-time shape error or a silent partial load.
 """
+import dataclasses
+import os
 import uuid
 from typing import Dict, List, Optional, Tuple
 
@@ -14,7 +16,6 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_mura import model as model_lib
 from simclr_mura.config import ConfigError
 
 _VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
@@ -23,6 +24,31 @@ _HEAD_PREFIX = 'model/supervised_head/'
 
 class CheckpointMismatchError(ConfigError):
     """`--checkpoint` holds a model with another architecture than the configured one."""
+
+
+@dataclasses.dataclass
+class RestoreResult:
+    """What `initialize_from_checkpoint` did."""
+    checkpoint_path: str
+    head_restored: bool
+    reason: str
+
+
+def resolve_checkpoint_path(path: str) -> str:
+    """Accepts a checkpoint prefix, a directory with checkpoints, or a SavedModel directory."""
+    if tf.io.gfile.isdir(path):
+        saved_model_prefix = os.path.join(path, 'variables', 'variables')
+        if tf.io.gfile.exists(saved_model_prefix + '.index'):
+            return saved_model_prefix
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f'No checkpoint found in directory {path!r}: pass a checkpoint '
+                             f'prefix such as .../ckpt-1234 or a SavedModel directory.')
+        return latest
+    if not tf.io.gfile.exists(path + '.index'):
+        raise ValueError(f'{path!r} is not a checkpoint: expected {path}.index to exist. Pass a '
+                         f'checkpoint prefix (e.g. .../ckpt-1234), not a data file.')
+    return path
 
 
 def make_manager(model, optimizer, model_dir: str, max_to_keep: int
@@ -98,7 +124,7 @@ def checkpoint_shapes(path: str, keys) -> Dict[str, Optional[List[int]]]:
 def check_compatible(model, path: str, architecture: str, label: str = '--checkpoint') -> None:
     """Raises CheckpointMismatchError naming the first model variable the checkpoint cannot fill.
 
-    The supervised head is not compared: `model.restore_model_weights` keeps a fresh head when the
+    The supervised head is not compared: `initialize_from_checkpoint` keeps a fresh head when the
     checkpoint's differs (e.g. another class count) or is absent. `model` must be built.
 
     Args:
@@ -149,7 +175,7 @@ def _head_decision(model, path: str, zero_init_logits_layer: bool) -> str:
 
 
 def initialize_from_checkpoint(model, checkpoint: str, zero_init_logits_layer: bool,
-                               architecture: str) -> model_lib.RestoreResult:
+                               architecture: str) -> RestoreResult:
     """Loads model weights from `--checkpoint` (prefix, directory or SavedModel) after checking them.
 
     Optimizer state and step are not loaded. The supervised head is loaded only when the
@@ -162,7 +188,7 @@ def initialize_from_checkpoint(model, checkpoint: str, zero_init_logits_layer: b
       CheckpointMismatchError: the checkpoint's architecture differs from the model's.
     """
     try:
-        path = model_lib.resolve_checkpoint_path(checkpoint)
+        path = resolve_checkpoint_path(checkpoint)
     except ValueError as e:
         raise ConfigError(f'--checkpoint: {e}') from e
     check_compatible(model, path, architecture)
@@ -179,4 +205,4 @@ def initialize_from_checkpoint(model, checkpoint: str, zero_init_logits_layer: b
         model.supervised_head.zero_init()
     logging.info('Initialised the model from --checkpoint %s (supervised head: %s%s).', path, reason,
                  ', zeroed' if zero_init_logits_layer else '')
-    return model_lib.RestoreResult(path, reason == 'restored', reason)
+    return RestoreResult(path, reason == 'restored', reason)

@@ -38,6 +38,9 @@ _STEM = 'model/resnet_model/initial_conv_relu_max_pool/'
 _PROJ_KERNEL_RE = re.compile(r'^model/_projection_head/linear_layers/(\d+)/dense/kernel/')
 _SE_RE = re.compile(r'^model/resnet_model/block_groups/(\d)/layers/0/.*se_reduce/(kernel|bias)/')
 
+# Checkpoint key of the supervised head's kernel (object path of the original's Model).
+HEAD_KERNEL_KEY = 'model/supervised_head/linear_layer/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE'
+
 
 def parse_config_name(name: str) -> dict:
     """'r101_2x_sk0.0625' -> dict(resnet_depth=101, width_multiplier=2, sk_ratio=0.0625)."""
@@ -122,7 +125,7 @@ def _se_ratio_from_shapes(shapes: Shapes, width_multiplier: int) -> float:
 def model_kwargs_from_shapes(name_config: dict, shapes: Shapes) -> Tuple[dict, int]:
     """Model arguments (and an image size to build with) implied by checkpoint key shapes."""
     kwargs = dict(name_config, train_mode='pretrain')
-    head = shapes.get(model_lib.HEAD_KERNEL_KEY)
+    head = shapes.get(HEAD_KERNEL_KEY)
     kwargs['lineareval_while_pretraining'] = head is not None
     kwargs['num_classes'] = head[-1] if head else 2
     kwargs.update(_proj_kwargs({int(m[1]): shape[-1] for key, shape in shapes.items()

@@ -4,15 +4,12 @@ Ports google-research/simclr `tf2/model.py` (heads and the two-view `Model`) wit
 arguments instead of absl flags, and with the original's head bugs fixed:
 `proj_head_mode='linear'` and `'none'` work, and `zero_init_logits_layer` really zeroes the
 supervised head (also when restoring a checkpoint whose head has another class count, see
-`restore_model_weights`). Checkpoint object paths are identical to the original's.
+`checkpoints.initialize_from_checkpoint`). Checkpoint object paths are identical to the original's.
 """
-import dataclasses
-import os
 from typing import Dict, List, Optional
 
 import tensorflow as tf
 import tf_keras
-from absl import logging
 
 from simclr_mura import data_util
 from simclr_mura import resnet
@@ -21,8 +18,6 @@ from simclr_mura.schedule import WarmUpAndCosineDecay, get_train_steps  # noqa: 
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 TRAIN_MODES = ('pretrain', 'finetune')
 OPTIMIZERS = ('momentum', 'adam', 'lars')
-# Checkpoint key of the supervised head's kernel (object path of the original's Model).
-HEAD_KERNEL_KEY = 'model/supervised_head/linear_layer/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE'
 
 
 def _dense_initializer(zero_init: bool) -> tf_keras.initializers.Initializer:
@@ -288,71 +283,3 @@ def add_weight_decay(model: tf_keras.Model, optimizer_name: str,
     if not variables:
         return tf.constant(0.0)
     return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
-
-
-@dataclasses.dataclass
-class RestoreResult:
-    """What `restore_model_weights` did."""
-    checkpoint_path: str
-    head_restored: bool
-    reason: str
-
-
-def resolve_checkpoint_path(path: str) -> str:
-    """Accepts a checkpoint prefix, a directory with checkpoints, or a SavedModel directory."""
-    if tf.io.gfile.isdir(path):
-        saved_model_prefix = os.path.join(path, 'variables', 'variables')
-        if tf.io.gfile.exists(saved_model_prefix + '.index'):
-            return saved_model_prefix
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f'No checkpoint found in directory {path!r}: pass a checkpoint '
-                             f'prefix such as .../ckpt-1234 or a SavedModel directory.')
-        return latest
-    if not tf.io.gfile.exists(path + '.index'):
-        raise ValueError(f'{path!r} is not a checkpoint: expected {path}.index to exist. Pass a '
-                         f'checkpoint prefix (e.g. .../ckpt-1234), not a data file.')
-    return path
-
-
-class _ModelWithoutHead(tf.Module):
-    """Stands in for the model in a checkpoint restore so the supervised head is left out."""
-
-
-def restore_model_weights(model: Model, checkpoint: str,
-                          zero_init_logits_layer: bool = False) -> RestoreResult:
-    """Restores model variables from a checkpoint; the supervised head only when it fits.
-
-    The head is skipped (keeping its fresh initialisation) when zero-init is requested, when
-    the model or the checkpoint has no head, or when its shape differs (e.g. another class
-    count) -- the original crashes in that case. Optimizer state and step are not restored.
-    Works before or after the model is built (deferred restoration for an unbuilt model).
-    """
-    path = resolve_checkpoint_path(checkpoint)
-    shapes = tf.train.load_checkpoint(path).get_variable_to_shape_map()
-    head = model.supervised_head
-    reason = 'restored'
-    if head is None:
-        reason = 'model has no supervised head'
-    elif zero_init_logits_layer:
-        reason = 'zero_init_logits_layer requested'
-    elif HEAD_KERNEL_KEY not in shapes:
-        reason = 'checkpoint has no supervised head'
-    else:
-        expected = [model.supervised_head_input_dim(), head.num_classes]
-        if list(shapes[HEAD_KERNEL_KEY]) != expected:
-            reason = (f'checkpoint head kernel shape {shapes[HEAD_KERNEL_KEY]} differs from '
-                      f'the model head {expected}')
-    restore_head = reason == 'restored'
-    target = model
-    if not restore_head:
-        target = _ModelWithoutHead()
-        target.resnet_model = model.resnet_model
-        target._projection_head = model._projection_head  # pylint: disable=protected-access
-    status = tf.train.Checkpoint(model=target).restore(path).expect_partial()
-    if model.built:
-        status.assert_existing_objects_matched()
-    if head is not None and zero_init_logits_layer:
-        head.zero_init()
-    logging.info('Restored model weights from %s (supervised head: %s).', path, reason)
-    return RestoreResult(path, restore_head, reason)

@@ -90,3 +90,26 @@ def test_not_a_checkpoint(tmp_path):
         checkpoints.initialize_from_checkpoint(_model(), str(tmp_path), False, 'r18')
     with pytest.raises(ConfigError, match='is not a checkpoint'):
         checkpoints.initialize_from_checkpoint(_model(), str(tmp_path / 'ckpt-9'), False, 'r18')
+
+
+def test_another_class_count_keeps_a_fresh_head(pretrain):
+    # The original crashes here ("initial value's shape ... is not compatible").
+    model = model_lib.Model(5, train_mode='finetune', resnet_depth=18, image_size=64, global_bn=False)
+    model(tf.zeros([1, 64, 64, 3]), training=False)
+    result = checkpoints.initialize_from_checkpoint(model, pretrain, False, 'r18')
+    assert not result.head_restored and "the model's [" in result.reason
+    _, logits = model(tf.zeros([2, 64, 64, 3]), training=False)
+    assert logits.shape == (2, 5)
+    assert model.supervised_head.linear_layer.dense.kernel.numpy().any()  # fresh N(0, 0.01)
+    expected = tf.train.load_checkpoint(os.path.join(pretrain, 'ckpt-4'))
+    np.testing.assert_array_equal(_stem_kernel(model), expected.get_tensor(KERNEL))
+
+
+def test_zero_init_with_another_class_count_zeroes_the_head(pretrain):
+    model = model_lib.Model(5, train_mode='finetune', resnet_depth=18, image_size=64, global_bn=False)
+    model(tf.zeros([1, 64, 64, 3]), training=False)
+    result = checkpoints.initialize_from_checkpoint(model, pretrain, True, 'r18')
+    assert not result.head_restored
+    assert not any(v.numpy().any() for v in model.supervised_head.variables)
+    _, logits = model(tf.random.uniform([2, 64, 64, 3]), training=False)
+    assert not np.asarray(logits).any()
