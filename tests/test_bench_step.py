@@ -1,0 +1,41 @@
+"""Runs benchmarks/bench_step.py on a tiny setting in a subprocess (no timing assertions)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'benchmarks', 'bench_step.py')
+
+
+def _run(args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_tiny_run_prints_table_and_writes_consistent_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = _run(['--depth', '18', '--image_size', '32', '--batch', '1', '--steps', '2',
+                 '--warmup', '1', '--no_finetune', '--json', str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'port_pretrain' in proc.stdout and 'keras_floor' in proc.stdout
+    result = json.loads(out.read_text())
+    port, floor = result['results']['port_pretrain'], result['results']['keras_floor']
+    assert len(port['times_s']) == len(floor['times_s']) == 2
+    assert port['images_per_step'] == floor['images_per_step'] == 2  # one two-view pair
+    pairwise = np.array(port['times_s']) / np.array(floor['times_s'])
+    assert np.isclose(result['ratio'], np.median(pairwise), rtol=1e-3)
+    assert result['ratio_range'] == [port['ratio_to_floor_min'], port['ratio_to_floor_max']]
+    assert 'MirroredStrategy' in port['note']
+    assert result['machine']['cpu_count'] == os.cpu_count()
+    assert result['machine']['tensorflow']
+
+
+def test_bad_arguments_are_rejected_before_any_model_is_built():
+    proc = _run(['--depth', '200', '--steps', '0'])
+    assert proc.returncode == 2
+    assert '--steps=0 must be >= 1' in proc.stderr
+    assert '--depth=200 has no Keras floor' in proc.stderr
