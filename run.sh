@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # simclr-mura experiment driver.
 #
-#   bash run.sh demo            synthetic MURA -> TFDS build -> the main job, end to end on this machine
+#   bash run.sh demo            synthetic MURA -> TFDS build -> SimCLR pretrain -> fine-tune at 1/10/100% -> results table
 #   bash run.sh test            install the test extra and run the whole test suite
 #   bash run.sh synth [ARGS]    write a synthetic MURA-v1.1 tree (python -m tfds_mura.synthetic)
 #   bash run.sh build [ARGS]    build the `mura` TFDS dataset from a MURA-v1.1 folder or zip

@@ -2,14 +2,22 @@
 
 Every function is a pure TensorFlow function with explicit arguments, usable inside
 `tf.data` map functions and `tf.function`. Images are float32 in [0, 1] unless a function
-says otherwise. Randomness comes from TensorFlow's stateful random ops, so a global
-`tf.random.set_seed` makes a run repeatable.
+says otherwise.
+
+Randomness: every random function takes an optional `seed` (shape [2], int32 or int64) and
+draws all its numbers with stateless ops from sub-seeds of it, so with a seed the output is a
+pure function of (input, seed). Without a seed, the function draws one with a single stateful
+op at the top of the call, outside any `tf.cond`, so a global `tf.random.set_seed` makes a run
+repeatable. Why not stateful ops throughout: under a global seed TF derives an op's seed from
+the op counter of the graph holding it, and every cond branch has its own counter, so the same
+op in the branches of two calls (the two views of one map function) would get the same seed
+and draw the same numbers. Code that calls these functions inside a cond should pass a seed.
 
 Two-view pretraining uses `preprocess_image(..., is_training=True, color_jitter_strength=s)`
 per view in the input pipeline; the Gaussian blur is *not* part of the pipeline but is
 applied by the model on each view's batch with `batch_random_blur`.
 """
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import tensorflow as tf
 
@@ -23,11 +31,36 @@ _MAX_ATTEMPTS = 100
 _BICUBIC = tf.image.ResizeMethod.BICUBIC
 
 
-def random_apply(func, p, x):
-    """Returns `func(x)` with probability `p`, else `x` (one draw per call)."""
+def resolve_seed(seed=None) -> tf.Tensor:
+    """Returns `seed` as a shape [2] int64 tensor (given as int32/int64), or draws one if None.
+
+    The fresh seed comes from one stateful op in the caller's graph: outside any cond it gets
+    its own op seed under a global `tf.random.set_seed`, so every call draws a different seed.
+    """
+    if seed is None:
+        return tf.cast(tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32), tf.int64)
+    seed = tf.convert_to_tensor(seed)
+    if seed.dtype not in (tf.int32, tf.int64) or not seed.shape.is_compatible_with([2]):
+        raise ValueError(f'A seed must be a shape [2] int32 or int64 tensor, got {seed.dtype.name} '
+                         f'with shape {seed.shape}; e.g. tf.constant([1, 2]) or pass seed=None.')
+    # One dtype, so a seed's value alone fixes the draws (stateless_split depends on the dtype).
+    return tf.ensure_shape(tf.cast(seed, tf.int64), [2])
+
+
+def _split(seed, num: int) -> List[tf.Tensor]:
+    """`num` independent sub-seeds of `seed` (None draws a seed first)."""
+    return tf.unstack(tf.random.experimental.stateless_split(resolve_seed(seed), num=num))
+
+
+def _uniform(seed, shape=(), minval=0., maxval=1.) -> tf.Tensor:
+    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval,
+                                       dtype=tf.float32)
+
+
+def random_apply(func, p, x, seed=None):
+    """Returns `func(x)` with probability `p`, else `x` (one uniform draw from `seed`)."""
     return tf.cond(
-        tf.less(tf.random.uniform([], minval=0, maxval=1, dtype=tf.float32),
-                tf.cast(p, tf.float32)),
+        tf.less(_uniform(resolve_seed(seed)), tf.cast(p, tf.float32)),
         lambda: func(x),
         lambda: x)
 
@@ -69,41 +102,47 @@ def to_grayscale(image: tf.Tensor, keep_channels: bool = True) -> tf.Tensor:
     return image
 
 
-def random_brightness(image, max_delta, impl='simclrv2'):
+def random_brightness(image, max_delta, impl='simclrv2', seed=None):
     """Brightness jitter.
 
     'simclrv2' (used by SimCLR v2 and the TF2 code): multiply by a factor drawn from
     U[max(1 - max_delta, 0), 1 + max_delta]. 'simclrv1': additive `random_brightness`.
     """
     if impl == 'simclrv2':
-        factor = tf.random.uniform([], tf.maximum(1.0 - max_delta, 0), 1.0 + max_delta)
+        factor = _uniform(resolve_seed(seed), minval=tf.maximum(1.0 - max_delta, 0),
+                          maxval=1.0 + max_delta)
         return image * factor
     if impl == 'simclrv1':
-        return tf.image.random_brightness(image, max_delta=max_delta)
+        return tf.image.stateless_random_brightness(image, max_delta=max_delta,
+                                                    seed=resolve_seed(seed))
     raise ValueError(f'Unknown brightness impl {impl!r}; use "simclrv2" or "simclrv1".')
 
 
-def _jitter_ops(brightness, contrast, saturation, hue, impl):
-    """The four colour ops; a zero strength makes an op the identity (no random draw)."""
+def _jitter_ops(brightness, contrast, saturation, hue, impl, seeds):
+    """The four colour ops, op k drawing from seeds[k]; a zero strength makes it the identity."""
     def make(strength, op):
         if strength == 0:
             return lambda x: x
         return op
 
     return [
-        make(brightness, lambda x: random_brightness(x, max_delta=brightness, impl=impl)),
-        make(contrast, lambda x: tf.image.random_contrast(
-            x, lower=1 - contrast, upper=1 + contrast)),
-        make(saturation, lambda x: tf.image.random_saturation(
-            x, lower=1 - saturation, upper=1 + saturation)),
-        make(hue, lambda x: tf.image.random_hue(x, max_delta=hue)),
+        make(brightness, lambda x: random_brightness(x, max_delta=brightness, impl=impl,
+                                                     seed=seeds[0])),
+        make(contrast, lambda x: tf.image.stateless_random_contrast(
+            x, lower=1 - contrast, upper=1 + contrast, seed=seeds[1])),
+        make(saturation, lambda x: tf.image.stateless_random_saturation(
+            x, lower=1 - saturation, upper=1 + saturation, seed=seeds[2])),
+        make(hue, lambda x: tf.image.stateless_random_hue(x, max_delta=hue, seed=seeds[3])),
     ]
 
 
-def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2'):
+def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2',
+                      seed=None):
     """Applies brightness, contrast, saturation and hue in a random order, clipping after each."""
-    ops = _jitter_ops(brightness, contrast, saturation, hue, impl)
-    order = tf.random.shuffle(tf.range(4))
+    order_seed, *op_seeds = _split(seed, 5)
+    ops = _jitter_ops(brightness, contrast, saturation, hue, impl, op_seeds)
+    # The ranks of 4 i.i.d. uniforms are a uniformly random permutation.
+    order = tf.argsort(_uniform(order_seed, [4]))
     for i in range(4):
         branches = [(lambda op=op, x=image: op(x)) for op in ops]
         image = tf.switch_case(order[i], branches)
@@ -111,26 +150,30 @@ def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl
     return image
 
 
-def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2'):
+def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2',
+                         seed=None):
     """Applies the four colour ops in the fixed order (unused by SimCLR training)."""
-    for op in _jitter_ops(brightness, contrast, saturation, hue, impl):
+    for op in _jitter_ops(brightness, contrast, saturation, hue, impl, _split(seed, 4)):
         image = tf.clip_by_value(op(image), 0., 1.)
     return image
 
 
-def color_jitter(image, strength, random_order=True, impl='simclrv2'):
+def color_jitter(image, strength, random_order=True, impl='simclrv2', seed=None):
     """Colour jitter of strength s: brightness/contrast/saturation 0.8s, hue 0.2s."""
     fn = color_jitter_rand if random_order else color_jitter_nonrand
     return fn(image, brightness=0.8 * strength, contrast=0.8 * strength,
-              saturation=0.8 * strength, hue=0.2 * strength, impl=impl)
+              saturation=0.8 * strength, hue=0.2 * strength, impl=impl, seed=seed)
 
 
-def random_color_jitter(image, p=1.0, strength=1.0, impl='simclrv2'):
+def random_color_jitter(image, p=1.0, strength=1.0, impl='simclrv2', seed=None):
     """With prob p: colour jitter (p=0.8), then independently grayscale (p=0.2)."""
+    apply_seed, jitter_apply_seed, jitter_seed, gray_apply_seed = _split(seed, 4)
+
     def _transform(x):
-        x = random_apply(lambda y: color_jitter(y, strength=strength, impl=impl), p=0.8, x=x)
-        return random_apply(to_grayscale, p=0.2, x=x)
-    return random_apply(_transform, p=p, x=image)
+        x = random_apply(lambda y: color_jitter(y, strength=strength, impl=impl, seed=jitter_seed),
+                         p=0.8, x=x, seed=jitter_apply_seed)
+        return random_apply(to_grayscale, p=0.2, x=x, seed=gray_apply_seed)
+    return random_apply(_transform, p=p, x=image, seed=apply_seed)
 
 
 def center_crop_box(image_height, image_width, height, width, crop_proportion):
@@ -170,7 +213,7 @@ def center_crop(image, height, width, crop_proportion):
     return tf.image.resize([image], [height, width], method=_BICUBIC)[0]
 
 
-def random_crop_box(image_shape, height, width):
+def random_crop_box(image_shape, height, width, seed=None):
     """Samples SimCLR's random crop box for an image of `image_shape` (H, W, C).
 
     `sample_distorted_bounding_box` with the whole image as the object box,
@@ -180,14 +223,11 @@ def random_crop_box(image_shape, height, width):
     """
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=tf.float32, shape=[1, 1, 4])
     aspect_ratio = width / height
-    # The stateless op with a seed drawn from the (globally seeded) stateful RNG samples the same
-    # distribution as the original's stateful op, and also runs under op determinism, which
-    # refuses the stateful op without an explicit seed.
-    seed = tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
+    # The stateless op samples the same distribution as the original's stateful op.
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape,
         bounding_boxes=bbox,
-        seed=seed,
+        seed=resolve_seed(seed),
         min_object_covered=_MIN_OBJECT_COVERED,
         aspect_ratio_range=(3. / 4 * aspect_ratio, 4. / 3. * aspect_ratio),
         area_range=_AREA_RANGE,
@@ -198,16 +238,19 @@ def random_crop_box(image_shape, height, width):
     return offset_y, offset_x, crop_height, crop_width
 
 
-def crop_and_resize(image, height, width):
+def crop_and_resize(image, height, width, seed=None):
     """Random resized crop (`random_crop_box`) to (height, width): bicubic, no antialias."""
-    offset_y, offset_x, crop_height, crop_width = random_crop_box(tf.shape(image), height, width)
+    offset_y, offset_x, crop_height, crop_width = random_crop_box(tf.shape(image), height, width,
+                                                                  seed=seed)
     image = tf.image.crop_to_bounding_box(image, offset_y, offset_x, crop_height, crop_width)
     return tf.image.resize([image], [height, width], method=_BICUBIC)[0]
 
 
-def random_crop_with_resize(image, height, width, p=1.0):
+def random_crop_with_resize(image, height, width, p=1.0, seed=None):
     """`crop_and_resize` with probability p (SimCLR always uses p = 1)."""
-    return random_apply(lambda x: crop_and_resize(x, height, width), p=p, x=image)
+    apply_seed, crop_seed = _split(seed, 2)
+    return random_apply(lambda x: crop_and_resize(x, height, width, seed=crop_seed), p=p, x=image,
+                        seed=apply_seed)
 
 
 def gaussian_blur(image, kernel_size, sigma, padding='SAME'):
@@ -238,44 +281,53 @@ def gaussian_blur(image, kernel_size, sigma, padding='SAME'):
     return out
 
 
-def random_blur(image, height, width, p=1.0):
+def random_blur(image, height, width, p=1.0, seed=None):
     """With probability p, blurs with sigma ~ U(0.1, 2.0) and kernel_size = height // 10."""
     del width  # The original sizes the kernel from the height only.
+    apply_seed, sigma_seed = _split(seed, 2)
 
     def _transform(x):
-        sigma = tf.random.uniform([], 0.1, 2.0, dtype=tf.float32)
+        sigma = _uniform(sigma_seed, minval=0.1, maxval=2.0)
         return gaussian_blur(x, kernel_size=height // 10, sigma=sigma, padding='SAME')
-    return random_apply(_transform, p=p, x=image)
+    return random_apply(_transform, p=p, x=image, seed=apply_seed)
 
 
 def batch_random_blur(images_list: Sequence[tf.Tensor], height: int, width: int,
-                      blur_probability: float = 0.5) -> List[tf.Tensor]:
+                      blur_probability: float = 0.5, seed=None) -> List[tf.Tensor]:
     """Blurs each view batch (B, H, W, 3) with one shared sigma, kept per example w.p. p.
 
     For every tensor in `images_list`: one sigma ~ U(0.1, 2.0) for the whole batch,
     kernel_size = height // 10, then a per-example Bernoulli(blur_probability) chooses
-    the blurred or the original image; the result is clipped to [0, 1].
+    the blurred or the original image; the result is clipped to [0, 1]. Views get
+    independent draws from sub-seeds of `seed` (one drawn per call if None).
     """
     out = []
-    for images in images_list:
-        blurred = random_blur(images, height, width, p=1.0)
-        keep_blur = tf.less(
-            tf.random.uniform([tf.shape(images)[0], 1, 1, 1], 0, 1, dtype=tf.float32),
-            blur_probability)
+    seeds = _split(seed, 2 * len(images_list)) if images_list else []
+    for i, images in enumerate(images_list):
+        blurred = random_blur(images, height, width, p=1.0, seed=seeds[2 * i])
+        keep_blur = tf.less(_uniform(seeds[2 * i + 1], [tf.shape(images)[0], 1, 1, 1]),
+                            blur_probability)
         images = tf.where(keep_blur, blurred, images)
         out.append(tf.clip_by_value(images, 0., 1.))
     return out
 
 
 def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=True,
-                         flip=True, impl='simclrv2'):
-    """One training view: random resized crop, flip, colour distortion, reshape, clip."""
+                         flip=True, impl='simclrv2', seed: Optional[tf.Tensor] = None):
+    """One training view: random resized crop, flip, colour distortion, reshape, clip.
+
+    With `seed` (shape [2] int32/int64) the view is a pure function of (image, seed); with
+    None one seed is drawn per call (see the module docstring).
+    """
+    # A fixed split, so e.g. the flip does not change when the crop is switched off.
+    crop_seed, flip_seed, colour_seed = _split(seed, 3)
     if crop:
-        image = random_crop_with_resize(image, height, width)
+        image = random_crop_with_resize(image, height, width, seed=crop_seed)
     if flip:
-        image = tf.image.random_flip_left_right(image)
+        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     if color_jitter_strength > 0:
-        image = random_color_jitter(image, strength=color_jitter_strength, impl=impl)
+        image = random_color_jitter(image, strength=color_jitter_strength, impl=impl,
+                                    seed=colour_seed)
     image = tf.reshape(image, [height, width, 3])
     return tf.clip_by_value(image, 0., 1.)
 
@@ -293,13 +345,14 @@ def preprocess_for_eval(image, height, width, crop=True):
 
 
 def preprocess_image(image, height, width, is_training=False, color_jitter_strength=0.,
-                     test_crop=True):
+                     test_crop=True, seed: Optional[tf.Tensor] = None):
     """Converts to float32 in [0, 1] (uint8 is scaled by 1/255), grey -> RGB, then augments.
 
     Training always uses the random resized crop and flip; `test_crop` only affects eval.
+    `seed` (training only) is passed to `preprocess_for_train`; eval is deterministic.
     """
     image = tf.image.convert_image_dtype(image, dtype=tf.float32)
     image = grayscale_to_rgb(image)
     if is_training:
-        return preprocess_for_train(image, height, width, color_jitter_strength)
+        return preprocess_for_train(image, height, width, color_jitter_strength, seed=seed)
     return preprocess_for_eval(image, height, width, test_crop)

@@ -1,6 +1,9 @@
 """Tests for simclr_mura.data_util: fixtures from the official code plus statistical invariants."""
+import hashlib
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -116,29 +119,52 @@ def test_train_view_shape_range_in_tf_data():
 
 # -------------------------------------------------------------- random statistics
 
-def test_flip_frequency_is_half():
+def _train_views(image, n, seed_source, **kwargs):
+    """n training views of `image` in tf.data, seeded globally or with explicit per-element seeds.
+
+    'explicit' feeds seeds from `Dataset.random`, checking that sub-seeds of explicit seeds
+    give the same distributions as the per-call drawn seeds of 'global'.
+    """
+    size = image.shape[0]
+    if seed_source == 'global':
+        ds = tf.data.Dataset.from_tensors(image).repeat(n).map(
+            lambda x: data_util.preprocess_for_train(x, size, size, **kwargs))
+    else:
+        seeds = tf.data.Dataset.random(seed=12).batch(2).take(n)
+        ds = tf.data.Dataset.zip(tf.data.Dataset.from_tensors(image).repeat(n), seeds).map(
+            lambda x, s: data_util.preprocess_for_train(x, size, size, seed=s, **kwargs))
+    return np.stack(list(ds.as_numpy_iterator()))
+
+
+@pytest.mark.parametrize('seed_source', ('global', 'explicit'))
+def test_flip_frequency_is_half(seed_source):
     tf.random.set_seed(2)
     image = _random_image((16, 16, 3), 4)
     n = 600
-    ds = tf.data.Dataset.from_tensors(image).repeat(n).map(
-        lambda x: data_util.preprocess_for_train(x, 16, 16, 0., crop=False, flip=True))
-    views = np.stack(list(ds.as_numpy_iterator()))
+    views = _train_views(image, n, seed_source, color_jitter_strength=0., crop=False, flip=True)
     flipped = np.all(views == image[:, ::-1], axis=(1, 2, 3))
     unchanged = np.all(views == image, axis=(1, 2, 3))
     assert np.all(flipped ^ unchanged)
     assert abs(flipped.mean() - 0.5) <= _binomial_bound(n, 0.5)
 
 
-def _crop_boxes(n, side, height, width):
-    ds = tf.data.Dataset.range(n).map(lambda _: tf.stack(
-        data_util.random_crop_box(tf.constant([side, side, 3]), height, width)))
+def _crop_boxes(n, side, height, width, seed_source):
+    def box(seed=None):
+        return tf.stack(
+            data_util.random_crop_box(tf.constant([side, side, 3]), height, width, seed=seed))
+
+    if seed_source == 'global':
+        ds = tf.data.Dataset.range(n).map(lambda _: box())
+    else:
+        ds = tf.data.Dataset.random(seed=13).batch(2).take(n).map(box)
     return np.stack(list(ds.as_numpy_iterator()))
 
 
-def test_random_crop_boxes_respect_area_and_aspect():
+@pytest.mark.parametrize('seed_source', ('global', 'explicit'))
+def test_random_crop_boxes_respect_area_and_aspect(seed_source):
     tf.random.set_seed(3)
     side = 100
-    oy, ox, h, w = _crop_boxes(1500, side, 64, 64).T
+    oy, ox, h, w = _crop_boxes(1500, side, 64, 64, seed_source).T
     assert np.all(oy >= 0) and np.all(ox >= 0)
     assert np.all(oy + h <= side) and np.all(ox + w <= side)
     area = h * w / side ** 2
@@ -152,7 +178,7 @@ def test_random_crop_boxes_respect_area_and_aspect():
     # seeds: P(area < 0.3) ~ 0.37, P(area > 0.7) ~ 0.15).
     assert np.mean(area < 0.3) > 0.25 and np.mean(area > 0.7) > 0.08
     # A wide target (width = 2 x height) scales the aspect range by 2.
-    _, _, h, w = _crop_boxes(300, side, 32, 64).T
+    _, _, h, w = _crop_boxes(300, side, 32, 64, seed_source).T
     assert np.all(w / h >= 1.5 * (1 - 1.5 / h)) and np.all(w / h <= 8 / 3 * (1 + 1.5 / h))
     assert np.mean(w / h > 2.0) > 0.2
 
@@ -166,13 +192,12 @@ def test_colour_jitter_strength_zero_is_identity():
         np.testing.assert_array_equal(out.numpy(), image)
 
 
-def test_colour_distortion_and_grayscale_probabilities():
+@pytest.mark.parametrize('seed_source', ('global', 'explicit'))
+def test_colour_distortion_and_grayscale_probabilities(seed_source):
     tf.random.set_seed(5)
     image = _random_image((8, 8, 3), 6)
     n = 800
-    ds = tf.data.Dataset.from_tensors(image).repeat(n).map(
-        lambda x: data_util.preprocess_for_train(x, 8, 8, 1.0, crop=False, flip=False))
-    views = np.stack(list(ds.as_numpy_iterator()))
+    views = _train_views(image, n, seed_source, color_jitter_strength=1.0, crop=False, flip=False)
     grey = np.all(views[..., 0] == views[..., 1], axis=(1, 2)) & np.all(
         views[..., 1] == views[..., 2], axis=(1, 2))
     untouched = np.all(views == image, axis=(1, 2, 3))
@@ -248,3 +273,132 @@ def test_batch_random_blur_probability_extremes():
         np.testing.assert_array_equal(always, np.repeat(always[:1], 4, axis=0))
         changed.append(np.any(always != same_inputs))
     assert sum(changed) >= 8
+
+
+# ------------------------------------------------------------------------- seeding
+
+def _two_views(image, size=32):
+    """The two-view map function of the pretraining pipeline (as in `data._map_fn`)."""
+    views = [data_util.preprocess_image(image, size, size, is_training=True,
+                                        color_jitter_strength=1.0) for _ in range(2)]
+    return tf.concat(views, -1)
+
+
+def _seeded_two_view_run(global_seed, n=12, size=32):
+    """Two-view tf.data pipeline plus the model's batch blur, with a global seed (run.py --seed)."""
+    tf.random.set_seed(global_seed)
+    image = np.random.default_rng(9).integers(0, 256, (60, 45, 1), dtype=np.uint8)
+    ds = tf.data.Dataset.from_tensors(image).repeat(n).map(
+        lambda x: _two_views(x, size)).batch(n)
+    views = next(iter(ds))
+    blur = tf.function(lambda x: tf.concat(
+        data_util.batch_random_blur(tf.split(x, 2, axis=-1), size, size), -1))
+    return views.numpy(), blur(views).numpy()
+
+
+def _differs(a, b):
+    return not np.allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_two_views_in_one_map_fn_differ_with_global_seed():
+    # With a global seed, TF seeds each stateful op from its graph's op counter; an op inside a
+    # cond branch would get the same seed in view 1 and view 2 and draw the same numbers.
+    for global_seed in (0, 1):
+        views, _ = _seeded_two_view_run(global_seed, n=20, size=48)
+        for v in views:
+            assert _differs(v[..., :3], v[..., 3:])
+
+
+def test_batch_blur_sigma_differs_between_views_with_global_seed():
+    tf.random.set_seed(0)
+    images = _impulse_batch(2)
+    blur = tf.function(lambda x: data_util.batch_random_blur([x, x], 64, 64,
+                                                             blur_probability=1.0))
+    for _ in range(5):
+        first, second = (out.numpy() for out in blur(images))
+        assert _differs(first[0], second[0])
+
+
+def test_train_view_is_a_pure_function_of_image_and_seed():
+    image = _random_image((40, 30, 3), 8)
+    fn = tf.function(lambda x, s: data_util.preprocess_for_train(x, 24, 24, 1.0, seed=s))
+    outputs = {}
+    for seed in ([1, 2], [1, 3], [2, 2]):
+        a = data_util.preprocess_for_train(image, 24, 24, 1.0, seed=tf.constant(seed))
+        tf.random.set_seed(seed[1])  # The global seed must not matter once a seed is given.
+        b = fn(image, tf.constant(seed, tf.int64))
+        c = data_util.preprocess_image(image, 24, 24, is_training=True,
+                                       color_jitter_strength=1.0, seed=seed)
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(a.numpy(), c.numpy())
+        outputs[tuple(seed)] = a.numpy()
+    values = list(outputs.values())
+    assert all(_differs(values[i], values[j]) for i in range(3) for j in range(i + 1, 3))
+
+
+def test_explicit_seed_drives_every_random_function():
+    image = _random_image((20, 20, 3), 10)
+    seed = tf.constant([5, 6])
+    calls = {
+        'crop_box': lambda s: tf.stack(data_util.random_crop_box(tf.constant([20, 20, 3]),
+                                                                 16, 16, seed=s)),
+        'crop': lambda s: data_util.random_crop_with_resize(image, 16, 16, seed=s),
+        'jitter': lambda s: data_util.color_jitter(image, 1.0, seed=s),
+        'jitter_fixed_order': lambda s: data_util.color_jitter(image, 1.0, random_order=False,
+                                                               seed=s),
+        'colour': lambda s: data_util.random_color_jitter(image, strength=1.0, seed=s),
+        'brightness': lambda s: data_util.random_brightness(image, 0.8, seed=s),
+        'brightness_v1': lambda s: data_util.random_brightness(image, 0.8, 'simclrv1', seed=s),
+        'blur': lambda s: data_util.random_blur(image, 20, 20, seed=s),
+        'batch_blur': lambda s: data_util.batch_random_blur([image[None]] * 2, 20, 20, seed=s),
+    }
+    for name, call in calls.items():
+        outs = [np.asarray(call(seed)) for _ in range(2)]
+        np.testing.assert_array_equal(outs[0], outs[1], err_msg=name)
+        others = [np.asarray(call(tf.constant([5, k]))) for k in range(7, 17)]
+        assert any(_differs(outs[0], o) for o in others), name
+
+
+def test_bad_seed_is_rejected():
+    image = _random_image((20, 20, 3), 11)
+    with pytest.raises(ValueError, match='seed'):
+        data_util.preprocess_for_train(image, 16, 16, seed=tf.constant([1, 2, 3]))
+    with pytest.raises(ValueError, match='seed'):
+        data_util.preprocess_for_train(image, 16, 16, seed=tf.constant([1.0, 2.0]))
+
+
+def test_global_seed_makes_runs_repeatable():
+    views_a, blurred_a = _seeded_two_view_run(3)
+    views_b, blurred_b = _seeded_two_view_run(3)
+    np.testing.assert_array_equal(views_a, views_b)
+    np.testing.assert_array_equal(blurred_a, blurred_b)
+    views_c, _ = _seeded_two_view_run(4)
+    assert _differs(views_a, views_c)
+
+
+_OP_DETERMINISM_SCRIPT = '''
+import hashlib, sys
+import numpy as np, tensorflow as tf, tf_keras
+sys.path.insert(0, sys.argv[1])
+import test_data_util as t
+tf.config.experimental.enable_op_determinism()
+tf_keras.utils.set_random_seed(3)
+runs = [t._seeded_two_view_run(3) for _ in range(2)]
+for a, b in zip(*runs):
+    np.testing.assert_array_equal(a, b)
+views = runs[0][0]
+assert all(t._differs(v[..., :3], v[..., 3:]) for v in views)
+print(hashlib.sha256(views.tobytes() + runs[0][1].tobytes()).hexdigest())
+'''
+
+
+def test_op_determinism_runs_and_matches():
+    # enable_op_determinism cannot be switched off again, so it runs in its own process.
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, '-c', _OP_DETERMINISM_SCRIPT, tests_dir],
+                          cwd=os.path.dirname(tests_dir), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    views, blurred = _seeded_two_view_run(3)
+    expected = hashlib.sha256(views.tobytes() + blurred.tobytes()).hexdigest()
+    assert proc.stdout.strip().splitlines()[-1] == expected
