@@ -2,6 +2,7 @@
 
 Examples:
   python run.py --flagfile=flags/demo_pretrain.cfg
+  python run.py --flagfile=flags/baseline_elbow_paper.cfg   # DenseNet-169 baseline, the MURA paper's recipe
   python run.py --mode=train_then_eval --train_mode=pretrain --dataset=mura/elbow \\
       --model_dir=runs/elbow_pretrain --resnet_depth=50 --train_batch_size=256
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # simclr-mura experiment driver.
 #
-#   bash run.sh demo            synthetic MURA -> TFDS build -> SimCLR pretrain -> fine-tune at 1/10/100% -> results table
+#   bash run.sh demo            synthetic MURA -> TFDS build -> SimCLR pretrain -> fine-tune at 1/10/100%
+#                               -> DenseNet-169 baseline at 1/10/100% -> results table
 #   bash run.sh test            install the test extra and run the whole test suite
 #   bash run.sh synth [ARGS]    write a synthetic MURA-v1.1 tree (python -m tfds_mura.synthetic)
 #   bash run.sh build [ARGS]    build the `mura` TFDS dataset from a MURA-v1.1 folder or zip
@@ -79,9 +80,10 @@ cmd_demo() {
   local runs="$WORK_DIR/runs"
   # The flagfiles name work_dirs/ paths; the overrides keep WORK_DIR working.
   local experiment args
-  for experiment in demo_pretrain demo_finetune_1pct demo_finetune_10pct demo_finetune_100pct; do
+  for experiment in demo_pretrain demo_finetune_1pct demo_finetune_10pct demo_finetune_100pct \
+      demo_baseline_1pct demo_baseline_10pct demo_baseline_100pct; do
     args=(--flagfile="flags/$experiment.cfg" --data_dir="$WORK_DIR/tfds" --model_dir="$runs/$experiment")
-    [[ $experiment == demo_pretrain ]] || args+=(--checkpoint="$runs/demo_pretrain")
+    [[ $experiment == demo_finetune_* ]] && args+=(--checkpoint="$runs/demo_pretrain")
     say "$experiment: python run.py ${args[*]}"
     python run.py "${args[@]}"
   done
@@ -95,7 +97,7 @@ cmd_test() {
   python -m pytest "$@"
 }
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
   local cmd="${1:-}"

@@ -2,6 +2,7 @@
 
   python benchmarks/bench_step.py [--depth 50] [--width 1] [--image_size 224] [--batch 4]
       [--steps 10] [--warmup 2] [--jit_compile] [--no_finetune] [--quick] [--json FILE]
+  python benchmarks/bench_step.py --baseline [--image_size 224] [--batch 8] [--steps 10] [--json FILE]
 
 Variants (each one step per round, rounds alternate the order so drift and load hit all alike):
 * port_pretrain: `train.Trainer`'s own compiled loop (`_train_loop`, one step per call): two-view
@@ -19,8 +20,14 @@ Variants (each one step per round, rounds alternate the order so drift and load 
 * with --jit_compile, *_xla variants of the port (default strategy, as train.py picks) and of
   the floor are added where they compile.
 
-The headline `ratio` is the median over rounds of port_pretrain time / keras_floor time in the
-same round.
+With --baseline the DenseNet-169 baseline is timed instead (--batch counts images):
+* port_baseline: `train.Trainer`'s compiled loop with --train_mode=baseline (DenseNet-169 with the
+  ImageNet normalisation and a sigmoid head, weighted BCE, Adam), input as above.
+* keras_floor: tf_keras.applications.DenseNet169 (weights=None, include_top=False, pooling='avg')
+  plus Dense(1), forward + backward + Adam on the same images, in a tf.function without XLA.
+
+The headline `ratio` is the median over rounds of port_pretrain (port_baseline) time / keras_floor
+time in the same round.
 """
 import argparse
 import json
@@ -40,7 +47,6 @@ import tf_keras  # noqa: E402
 
 from simclr_mura import config as config_lib  # noqa: E402
 from simclr_mura import data as data_lib  # noqa: E402
-from simclr_mura import schedule  # noqa: E402
 from simclr_mura import train as train_lib  # noqa: E402
 from simclr_mura.config import Config  # noqa: E402
 
@@ -48,6 +54,8 @@ from simclr_mura.config import Config  # noqa: E402
 NUM_TRAIN_EXAMPLES = 36_808
 QUICK = {'depth': 18, 'image_size': 64, 'steps': 5}
 DEFAULTS = {'depth': 50, 'image_size': 224, 'steps': 10}
+# Global batch: two-view pairs for SimCLR, images for the baseline (the paper's batch 8).
+DEFAULT_BATCH = {'simclr': 4, 'baseline': 8}
 KERAS_APPS = {50: 'ResNet50', 101: 'ResNet101', 152: 'ResNet152'}
 BASIC_BLOCKS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3]}
 
@@ -80,10 +88,7 @@ def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy) ->
     config_lib.validate(config.replace(model_dir='unused'), num_replicas=strategy.num_replicas_in_sync)
     with strategy.scope():
         model = train_lib.build_model(config, data_lib.NUM_CLASSES)
-        lr_schedule = schedule.WarmUpAndCosineDecay(
-            config.learning_rate, NUM_TRAIN_EXAMPLES, config.train_batch_size,
-            config.learning_rate_scaling, config.warmup_epochs, config.train_epochs,
-            config.train_steps)
+        lr_schedule = train_lib.learning_rate_schedule(config, NUM_TRAIN_EXAMPLES)
         optimizer = train_lib.build_optimizer(config, lr_schedule)
     trainer = train_lib.Trainer(config, strategy, model, optimizer, lr_schedule,
                                 train_steps=10**9, steps_per_loop=1)
@@ -166,8 +171,39 @@ def floor_variant(name: str, depth: int, image_size: int, num_images: int,
     return Variant(name, num_images, step, f'{source} + Dense, SGD, {"XLA" if jit_compile else "no XLA"}')
 
 
+def densenet_floor_variant(name: str, image_size: int, num_images: int) -> Variant:
+    """A Variant running a plain Keras DenseNet-169 + Dense(1) forward/backward/Adam step."""
+    backbone = tf_keras.applications.DenseNet169(weights=None, include_top=False, pooling='avg',
+                                                 input_shape=(image_size, image_size, 3))
+    model = tf_keras.Sequential([backbone, tf_keras.layers.Dense(1)])
+    optimizer = tf_keras.optimizers.Adam(1e-4)
+    images, targets = _port_inputs(num_images, image_size, 3, seed=1)
+    images, labels = tf.constant(images), tf.constant(targets['label'][:, 1:])
+
+    @tf.function
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y,
+                                                                          logits=model(x, training=True)))
+        optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables),
+                                      model.trainable_variables))
+        return loss
+
+    def step():
+        return float(train_step(images, labels).numpy())
+
+    return Variant(name, num_images, step, 'tf_keras.applications.DenseNet169 + Dense(1), Adam, no XLA')
+
+
 def build_variants(args) -> List[Variant]:
     """The port and floor variants the arguments ask for (XLA ones only with --jit_compile)."""
+    if args.baseline:
+        config = Config(train_mode='baseline', optimizer='adam', learning_rate=1e-4, weight_decay=0.,
+                        baseline_weights='none', image_size=args.image_size,
+                        train_batch_size=args.batch)
+        train_lib.configure_runtime(config)
+        return [port_variant('port_baseline', config, train_lib.make_strategy(config)),
+                densenet_floor_variant('keras_floor', args.image_size, args.batch)]
     base = Config(resnet_depth=args.depth, width_multiplier=args.width, image_size=args.image_size,
                   train_batch_size=args.batch)
     train_lib.configure_runtime(base)
@@ -281,23 +317,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--depth', type=int, help='ResNet depth (default 50; 18 with --quick)')
     parser.add_argument('--width', type=int, default=1, help='width multiplier of the port')
     parser.add_argument('--image_size', type=int, help='pixels (default 224; 64 with --quick)')
-    parser.add_argument('--batch', type=int, default=4,
-                        help='global batch of two-view pairs (4 -> 8 images per step)')
+    parser.add_argument('--batch', type=int,
+                        help='global batch of two-view pairs (default 4 -> 8 images per step); with '
+                             '--baseline, of images (default 8)')
     parser.add_argument('--steps', type=int, help='timed rounds (default 10; 5 with --quick)')
     parser.add_argument('--warmup', type=int, default=2,
                         help='untimed rounds first (>= 1 keeps tracing out of the timings)')
     parser.add_argument('--jit_compile', action='store_true', help='add XLA variants')
     parser.add_argument('--no_finetune', action='store_true', help='leave out port_finetune')
     parser.add_argument('--quick', action='store_true', help='ResNet-18 at 64 px, 5 steps')
+    parser.add_argument('--baseline', action='store_true',
+                        help='time the DenseNet-169 baseline step instead of SimCLR (--depth is unused)')
     parser.add_argument('--json', help='write the results to this JSON file')
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else DEFAULTS
+    defaults = dict(defaults, batch=DEFAULT_BATCH['baseline' if args.baseline else 'simclr'])
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     problems = [f'--{k}={getattr(args, k)} must be >= {m}' for k, m in
                 (('batch', 1), ('steps', 1), ('warmup', 1), ('image_size', 32), ('width', 1))
                 if getattr(args, k) < m]
+    if args.baseline and (args.jit_compile or args.width != 1):
+        problems.append('--baseline times the DenseNet-169 baseline without XLA at width 1; '
+                        'leave out --jit_compile and --width')
     if args.depth not in KERAS_APPS and args.depth not in BASIC_BLOCKS:
         problems.append(f'--depth={args.depth} has no Keras floor; use one of '
                         f'{sorted([*BASIC_BLOCKS, *KERAS_APPS])}')
@@ -312,8 +355,12 @@ def main(argv=None) -> int:
     """Builds the variants, runs the interleaved rounds, prints the table, writes JSON."""
     args = parse_args(argv)
     load_before = os.getloadavg()
-    print(f'bench_step: ResNet-{args.depth} x{args.width}, {args.image_size} px, batch {args.batch} '
-          f'two-view ({2 * args.batch} images), {args.warmup} warm-up + {args.steps} timed rounds; '
+    if args.baseline:
+        what = f'DenseNet-169 baseline, {args.image_size} px, batch {args.batch} images'
+    else:
+        what = (f'ResNet-{args.depth} x{args.width}, {args.image_size} px, batch {args.batch} two-view '
+                f'({2 * args.batch} images)')
+    print(f'bench_step: {what}, {args.warmup} warm-up + {args.steps} timed rounds; '
           f'load average {load_before[0]:.2f}', flush=True)
     variants = build_variants(args)
     run_rounds(variants, args.steps, args.warmup)
@@ -325,13 +372,13 @@ def main(argv=None) -> int:
                          'over rounds of (variant / keras_floor) in the same round')
     print(f'  machine: {machine["cpu_count"]} CPUs, {machine["platform"]}, TF {machine["tensorflow"]}, '
           f'load average before {load_before[0]:.2f}, after {load_after[0]:.2f}')
-    headline = results['port_pretrain']
+    headline = results['port_baseline' if args.baseline else 'port_pretrain']
     output = {
         'ratio': headline.get('ratio_to_floor'),
         'ratio_range': [headline.get('ratio_to_floor_min'), headline.get('ratio_to_floor_max')],
         'ratio_of_medians': headline.get('ratio_to_floor_of_medians'),
         'settings': {k: getattr(args, k) for k in ('depth', 'width', 'image_size', 'batch', 'steps',
-                                                   'warmup', 'jit_compile', 'quick')},
+                                                   'warmup', 'jit_compile', 'quick', 'baseline')},
         'input': 'fixed in-memory batch (tf.data from_tensors().repeat()) through the training '
                  "loop's distribute_datasets_from_function; TFDS reading and augmentation excluded",
         'results': results, 'machine': machine}

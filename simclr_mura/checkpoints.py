@@ -51,11 +51,15 @@ def resolve_checkpoint_path(path: str) -> str:
     return path
 
 
-def make_manager(model, optimizer, model_dir: str, max_to_keep: int
+def make_manager(model, optimizer, model_dir: str, max_to_keep: int,
+                 extra: Optional[Dict[str, tf.Module]] = None
                  ) -> Tuple[tf.train.Checkpoint, tf.train.CheckpointManager]:
-    """The original's training checkpoint and its manager (files `ckpt-<step>` in `model_dir`)."""
+    """The original's training checkpoint and its manager (files `ckpt-<step>` in `model_dir`).
+
+    `extra` adds more training state under its names (e.g. the baseline's plateau decay state).
+    """
     checkpoint = tf.train.Checkpoint(model=model, global_step=optimizer.iterations,
-                                     optimizer=optimizer)
+                                     optimizer=optimizer, **(extra or {}))
     manager = tf.train.CheckpointManager(checkpoint, directory=model_dir, max_to_keep=max_to_keep)
     return checkpoint, manager
 

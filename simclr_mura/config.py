@@ -13,15 +13,18 @@ import dataclasses
 import re
 from typing import Any, Collection, Dict, List, Optional
 
-# Enumerations. The train modes are a tuple so that new ones (e.g. a supervised baseline) are added
-# in one place; `flags_def` builds its enum flag from it.
+# Enumerations. The train modes are a tuple so that new ones are added in one place; `flags_def`
+# builds its enum flag from it. 'baseline' is the supervised DenseNet-169 of `baseline.py`.
 MODES = ('train', 'eval', 'train_then_eval')
-TRAIN_MODES = ('pretrain', 'finetune')
+TRAIN_MODES = ('pretrain', 'finetune', 'baseline')
 LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
 OPTIMIZERS = ('momentum', 'adam', 'lars')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
-CLASS_WEIGHTINGS = ('none', 'mura')
+# 'auto': the MURA paper's weights ('mura') for the baseline, none for SimCLR (as the original).
+CLASS_WEIGHTINGS = ('auto', 'none', 'mura')
+# --baseline_weights values other than a path.
+BASELINE_WEIGHTS = ('none', 'imagenet')
 MIXED_PRECISION_POLICIES = ('none', 'mixed_bfloat16', 'mixed_float16')
 
 # `image_size <= 32` switches the original to its CIFAR path (no eval crop or resize).
@@ -96,12 +99,17 @@ class Config:
     # Added by the port.
     eval_study_level: bool = True
     tfds_manual_dir: Optional[str] = None
-    class_weighting: str = 'none'
+    class_weighting: str = 'auto'
     seed: Optional[int] = None
     deterministic: bool = False
     mixed_precision: str = 'none'
     jit_compile: bool = False
     allow_random_init: bool = False
+    # Added by the port for --train_mode=baseline (see baseline.py).
+    baseline_weights: str = 'imagenet'
+    baseline_rotation_degrees: float = 30.0
+    baseline_plateau_decay: bool = False
+    baseline_plateau_split: str = 'validation'
 
     def to_dict(self) -> Dict[str, Any]:
         """All settings as a JSON-serialisable dict (what `flags.json` holds)."""
@@ -115,6 +123,13 @@ class Config:
     def has_supervised_head(self) -> bool:
         """Whether the model has a supervised (classification) head, as in the original."""
         return self.train_mode != 'pretrain' or self.lineareval_while_pretraining
+
+    @property
+    def class_weighting_in_use(self) -> str:
+        """'mura' or 'none': `class_weighting` with 'auto' resolved by the train mode."""
+        if self.class_weighting == 'auto':
+            return 'mura' if self.train_mode == 'baseline' else 'none'
+        return self.class_weighting
 
     @property
     def is_cifar_size(self) -> bool:
@@ -196,7 +211,7 @@ def _check_combinations(c: Config, resuming: bool) -> List[str]:
     if c.train_mode == 'pretrain' and c.fine_tune_after_block != -1:
         errors.append(f'--fine_tune_after_block={c.fine_tune_after_block} applies to --train_mode=finetune '
                       'only; pretraining trains every block (use -1)')
-    if evaluating and c.is_cifar_size:
+    if evaluating and c.is_cifar_size and c.train_mode != 'baseline':
         errors.append(f'--image_size={c.image_size} (<= {CIFAR_IMAGE_SIZE}) makes evaluation skip the centre '
                       'crop and resize, as in the original CIFAR path, so variable-size radiographs cannot '
                       f'be evaluated; use --image_size > {CIFAR_IMAGE_SIZE} or --mode=train')
@@ -205,7 +220,7 @@ def _check_combinations(c: Config, resuming: bool) -> List[str]:
                       'remove it (results go to result_<step>.json in --model_dir)')
     if c.deterministic and c.seed is None:
         errors.append('--deterministic needs --seed (op determinism requires fixed random seeds)')
-    if c.class_weighting != 'none' and not c.has_supervised_head:
+    if c.class_weighting_in_use != 'none' and not c.has_supervised_head:
         errors.append(f'--class_weighting={c.class_weighting} weights the supervised loss, which pretraining '
                       'without --lineareval_while_pretraining does not have; use --class_weighting=none')
     if c.use_tpu and c.mixed_precision == 'mixed_float16':
@@ -216,10 +231,47 @@ def _check_combinations(c: Config, resuming: bool) -> List[str]:
     return errors
 
 
+def _check_baseline(c: Config, resuming: bool) -> List[str]:
+    """Settings of --train_mode=baseline, and baseline flags used outside it."""
+    if c.train_mode != 'baseline':
+        if c.baseline_plateau_decay:
+            return ['--baseline_plateau_decay applies to --train_mode=baseline only; remove it']
+        return []
+    errors = []
+    if c.optimizer != 'adam':
+        errors.append(f'--train_mode=baseline trains with Adam as the MURA paper; pass --optimizer=adam '
+                      f'(got --optimizer={c.optimizer})')
+    if c.fine_tune_after_block != -1:
+        errors.append(f'--fine_tune_after_block={c.fine_tune_after_block} applies to --train_mode=finetune '
+                      'only; the baseline trains the whole DenseNet-169 (use -1)')
+    if c.checkpoint:
+        errors.append('--checkpoint is not used by --train_mode=baseline; pass the initial weights as '
+                      f'--baseline_weights={c.checkpoint}')
+    if not 0 <= c.baseline_rotation_degrees <= 180:
+        errors.append(f'--baseline_rotation_degrees={c.baseline_rotation_degrees} must be in 0..180 '
+                      '(the paper uses 30, the seed project 10)')
+    training = c.mode in ('train', 'train_then_eval')
+    weights = c.baseline_weights
+    if (training and not resuming and weights not in BASELINE_WEIGHTS
+            and not (_exists(weights) or _exists(weights + '.index'))):
+        errors.append(f'--baseline_weights={weights}: no such file, directory or checkpoint; pass none, '
+                      'imagenet, a DenseNet-169 weights file (.h5) or a baseline checkpoint')
+    return errors
+
+
+def _exists(path: str) -> bool:
+    # tf.io.gfile also reads cloud storage; imported here so that config stays light to import.
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    return bool(tf.io.gfile.exists(path))
+
+
 def _check_splits(c: Config, available_splits: Collection[str]) -> List[str]:
     errors = []
     known = ', '.join(sorted(available_splits))
-    for flag in ('train_split', 'eval_split'):
+    flags = ['train_split', 'eval_split']
+    if c.train_mode == 'baseline' and c.baseline_plateau_decay:
+        flags.append('baseline_plateau_split')
+    for flag in flags:
         value = getattr(c, flag)
         try:
             names = split_names(value)
@@ -260,7 +312,8 @@ def validate(config: Config, *, available_splits: Optional[Collection[str]] = No
     Raises:
       ConfigError: one line per bad setting or combination.
     """
-    errors = _check_enums(config) + _check_ranges(config) + _check_combinations(config, resuming)
+    errors = (_check_enums(config) + _check_ranges(config) + _check_combinations(config, resuming)
+              + _check_baseline(config, resuming))
     if available_splits is not None:
         errors += _check_splits(config, available_splits)
     if num_replicas is not None:

@@ -9,7 +9,8 @@ image_size <= 32), repeat] -> map(AUTOTUNE) -> batch(per-replica batch, drop_rem
 Elements are `(images, targets)`:
 * images: (B, H, W, 6), two augmented views concatenated on channels, for pretraining;
   (B, H, W, 3), one view, otherwise. The 1-channel radiograph is tiled to RGB before augmentation
-  (`data_util.preprocess_image`).
+  (`data_util.preprocess_image`). The DenseNet baseline passes its own one-view preprocessing
+  (`preprocess_fn`: resize, flip and rotation, see `baseline.py`).
 * targets: dict with 'label' (B, 2) one-hot float32, 'weight' (B,) float32 (per-example class
   weight, 1 without class weighting) and 'key' (B,) int64: a fingerprint of `image_id`. Keys are
   integers (not strings) so they can pass through any strategy, TPUs included; `split_index` maps
@@ -26,8 +27,9 @@ resumed run skips the examples the finished steps consumed and continues the sam
 (augmentation randomness differs). Without it the stream is reshuffled on restart, exactly like
 starting a new shuffled pass.
 """
+import dataclasses
 import functools
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -45,8 +47,13 @@ GET_MURA_HELP = (
     '--tfds_manual_dir=DIR_WITH_MURA to build it on first use), or run the synthetic demo: '
     '`bash run.sh demo`.')
 _KEY_BUCKETS = 2**62
+ONE_CLASS_WEIGHT = 0.5  # Both classes of a body part whose training images are all of one class.
 PADDING_KEY = -1  # Key of the padding examples that complete the last eval batch (never a real key).
 _INTERLEAVE_CYCLE_LENGTH = 32  # ReadConfig of the original.
+
+
+# fn(decoded image, is_training=bool) -> float32 (size, size, 3) image in [0, 1].
+PreprocessFn = Callable[..., tf.Tensor]
 
 
 class DatasetNotBuiltError(ConfigError):
@@ -129,38 +136,93 @@ def split_index(builder: tfds.core.DatasetBuilder, split: str) -> pd.DataFrame:
     return table
 
 
-def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
-    """The MURA paper's loss weights per body part, from the image counts of `split`.
-
-    For body part T with |A_T| abnormal and |N_T| normal images: the abnormal class gets
-    w1 = |N_T| / (|A_T| + |N_T|) and the normal class w0 = |A_T| / (|A_T| + |N_T|).
+def count_images(table: pd.DataFrame, part_names: Sequence[str]) -> np.ndarray:
+    """Image counts per body part and label of a split table (see `split_index`).
 
     Returns:
-      float32 array (num_body_parts, 2): [part, label] -> weight (parts absent from the split: 1, 1).
+      int64 array (len(part_names), 2): [part, label] -> number of images (label 0 normal, 1 abnormal).
     """
-    table = split_index(builder, split)
-    names = builder.info.features['body_part'].names
-    weights = np.ones((len(names), NUM_CLASSES), np.float32)
-    for part_id, part in enumerate(names):
+    counts = np.zeros((len(part_names), NUM_CLASSES), np.int64)
+    for part_id, part in enumerate(part_names):
         labels = table.loc[table['body_part'] == part, 'label'].to_numpy()
-        if len(labels) == 0:
-            continue
-        abnormal = float(labels.sum())
-        normal = float(len(labels) - abnormal)
-        weights[part_id] = [abnormal / len(labels), normal / len(labels)]
-        if abnormal == 0 or normal == 0:
-            logging.warning('Split %s has only one class for %s; the other class gets weight 0.',
-                            split, part)
-    return weights
+        counts[part_id] = [len(labels) - int(labels.sum()), int(labels.sum())]
+    return counts
+
+
+def class_weights_from_counts(counts: np.ndarray) -> np.ndarray:
+    """The MURA paper's loss weights from image counts ([part, label] as `count_images`).
+
+    For body part T with |N_T| normal and |A_T| abnormal images the abnormal class gets
+    w1 = |N_T| / (|N_T| + |A_T|) and the normal class w0 = |A_T| / (|N_T| + |A_T|), so the rarer class
+    weighs more (the seed project had them the other way round). Parts without images get 1, 1.
+    A part with images of one class only (possible in tiny label fractions; never in the paper's
+    training set) would give its images weight 0 and so drop it from the loss; it gets 0.5, 0.5
+    instead, the weights of a balanced part.
+
+    Returns:
+      float32 array of the shape of `counts`: [part, label] -> weight.
+    """
+    counts = np.asarray(counts, np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    # Column 0 (normal) gets the abnormal fraction and column 1 (abnormal) the normal one.
+    weights = counts[:, ::-1] / np.maximum(totals, 1)
+    one_class = (counts == 0).any(axis=1, keepdims=True)
+    weights = np.where(one_class, ONE_CLASS_WEIGHT, weights)
+    return np.where(totals > 0, weights, 1.0).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassWeights:
+    """The class weights of a run with the image counts they come from."""
+    split: str
+    part_names: Tuple[str, ...]
+    counts: np.ndarray   # (parts, 2) images: [part, label]
+    weights: np.ndarray  # (parts, 2) float32: [part, label] -> loss weight
+
+    def as_dict(self) -> Dict[str, Dict[str, float]]:
+        """Per body part with images: the counts and weights, for result.json."""
+        return {part: {'normal_images': int(self.counts[i, 0]), 'abnormal_images': int(self.counts[i, 1]),
+                       'w_normal': float(self.weights[i, 0]), 'w_abnormal': float(self.weights[i, 1])}
+                for i, part in enumerate(self.part_names) if self.counts[i].sum()}
+
+    def describe(self) -> List[str]:
+        """One line per body part with images, e.g. for the start-up log."""
+        return [f'{part}: {v["normal_images"]} normal / {v["abnormal_images"]} abnormal images of '
+                f'{self.split} -> w_normal {v["w_normal"]:.4f}, w_abnormal {v["w_abnormal"]:.4f}'
+                for part, v in self.as_dict().items()]
+
+
+def mura_class_weight_table(builder: tfds.core.DatasetBuilder, split: str) -> ClassWeights:
+    """The MURA paper's loss weights per body part from the image counts of `split` (with the counts).
+
+    Parts whose images in `split` are all of one class are logged (see `class_weights_from_counts`).
+    """
+    names = tuple(builder.info.features['body_part'].names)
+    counts = count_images(split_index(builder, split), names)
+    for part, (normal, abnormal) in zip(names, counts):
+        if (normal == 0) != (abnormal == 0):
+            logging.warning('Split %s has only %s images of %s; the MURA weights would give them weight '
+                            '0, so they get %s (as a balanced part).', split,
+                            'normal' if abnormal == 0 else 'abnormal', part, ONE_CLASS_WEIGHT)
+    return ClassWeights(split, names, counts, class_weights_from_counts(counts))
+
+
+def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+    """`mura_class_weight_table(builder, split).weights`: float32 (num_body_parts, 2), [part, label]."""
+    return mura_class_weight_table(builder, split).weights
 
 
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
-            color_jitter_strength: float, class_weights: Optional[np.ndarray]):
+            color_jitter_strength: float, class_weights: Optional[np.ndarray],
+            preprocess_fn: Optional[PreprocessFn]):
     """One example -> (image with 6 or 3 channels, targets) as described in the module docstring."""
-    preprocess = functools.partial(
-        data_util.preprocess_image, height=image_size, width=image_size, is_training=is_training,
-        color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
-        test_crop=image_size > 32)
+    if preprocess_fn is not None:
+        preprocess = functools.partial(preprocess_fn, is_training=is_training)
+    else:
+        preprocess = functools.partial(
+            data_util.preprocess_image, height=image_size, width=image_size, is_training=is_training,
+            color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
+            test_crop=image_size > 32)
     image = features['image']
     if is_training and is_pretrain:
         image = tf.concat([preprocess(image), preprocess(image)], -1)
@@ -198,7 +260,8 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
                    is_training: bool, is_pretrain: bool, image_size: int,
                    color_jitter_strength: float = 0., cache_dataset: bool = False,
                    class_weights: Optional[np.ndarray] = None, deterministic: bool = False,
-                   seed: Optional[int] = None, resume_step: int = 0
+                   seed: Optional[int] = None, resume_step: int = 0,
+                   preprocess_fn: Optional[PreprocessFn] = None
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Returns `input_fn(input_context) -> tf.data.Dataset` of per-replica batches.
 
@@ -216,10 +279,17 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
       seed: shuffle seed used when `deterministic`.
       resume_step: training steps already done; with `deterministic`, each input pipeline skips
         the examples those steps consumed (global batch x steps / pipelines).
+      preprocess_fn: `fn(image, is_training=...)` turning a decoded radiograph (uint8, H x W x 1)
+        into a float32 (image_size, image_size, 3) image in [0, 1], used instead of SimCLR's
+        `data_util.preprocess_image` (e.g. `baseline.preprocess_fn`); one view, so only with
+        `is_pretrain=False`.
     """
+    if preprocess_fn is not None and is_pretrain:
+        raise ValueError('preprocess_fn replaces the one-view preprocessing; pretraining uses '
+                         "SimCLR's two-view augmentation (pass preprocess_fn=None)")
     map_fn = functools.partial(_map_fn, image_size=image_size, is_training=is_training,
                                is_pretrain=is_pretrain, color_jitter_strength=color_jitter_strength,
-                               class_weights=class_weights)
+                               class_weights=class_weights, preprocess_fn=preprocess_fn)
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)

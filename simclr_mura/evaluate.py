@@ -1,13 +1,15 @@
 """Evaluation: eval loop -> per-image predictions CSV -> metrics -> result files and summaries.
 
 As the original's `perform_evaluation`, the model is restored from one checkpoint (model weights
-and global step), run with training=False over `eval_split` (centre crop, no repeat, partial last
-batch kept) and the results are written to `model_dir`: TensorBoard summaries at the checkpoint's
-step, `result.json` (overwritten), `result_<step>.json` and `flags.json` (the run's settings).
+and global step), run with training=False over `eval_split` (centre crop, or the baseline's plain
+resize; no repeat, partial last batch kept) and the results are written to `model_dir`:
+TensorBoard summaries at the checkpoint's step, `result.json` (overwritten), `result_<step>.json`
+and `flags.json` (the run's settings).
 The original's `eval/label_top_1_accuracy` and `eval/regularization_loss` are kept;
 `eval/label_top_5_accuracy` is dropped because with 2 classes it is always 1. Added:
 `predictions_<split>_<step>.csv` (image_id, study_id, body_part, label, probability of abnormal)
-and the image- and study-level metrics of `metrics.py` under `eval/<level>/<group>/<metric>`.
+and the image- and study-level metrics of `metrics.py` under `eval/<level>/<group>/<metric>`. The
+same evaluation serves SimCLR and the DenseNet baseline, so their results are comparable.
 """
 import math
 import os
@@ -19,6 +21,7 @@ import pandas as pd
 import tensorflow as tf
 from absl import logging
 
+from simclr_mura import baseline
 from simclr_mura import data as data_lib
 from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
@@ -39,43 +42,65 @@ def restore_for_eval(model, checkpoint_path: str) -> int:
     return int(global_step.numpy())
 
 
+class Predictor:
+    """Per-image abnormality probabilities of a model; one compiled step, reused for every call.
+
+    The probability is softmax(logits)[:, 1] for the SimCLR head and sigmoid(logit) for the
+    baseline's (`model.abnormal_probability`).
+    """
+
+    def __init__(self, model, strategy: tf.distribute.Strategy):
+        self.model = model
+        self.strategy = strategy
+
+        def replica_step(images, targets):
+            _, logits = model(images, training=False)
+            return targets['key'], model_lib.abnormal_probability(logits)
+
+        @tf.function
+        def eval_step(images, targets):
+            return strategy.run(replica_step, (images, targets))
+
+        self._eval_step = eval_step
+
+    def __call__(self, builder, *, split: str, batch_size: int, image_size: int,
+                 eval_steps: Optional[int] = None, preprocess_fn=None) -> pd.DataFrame:
+        """Predictions of `split` as `predict` returns them."""
+        strategy = self.strategy
+        input_fn = data_lib.build_input_fn(builder, split, batch_size, is_training=False,
+                                           is_pretrain=False, image_size=image_size,
+                                           preprocess_fn=preprocess_fn)
+        dataset = data_lib.build_distributed_dataset(input_fn, strategy)
+        keys, probabilities = [], []
+        for step, (images, targets) in enumerate(dataset):
+            if eval_steps and step >= eval_steps:
+                break
+            key, probability = self._eval_step(images, targets)
+            keys.extend(t.numpy() for t in strategy.experimental_local_results(key))
+            probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
+        found = pd.DataFrame({'key': np.concatenate(keys) if keys else np.array([], np.int64),
+                              'probability': np.concatenate(probabilities) if probabilities else []})
+        found = found[found['key'] != data_lib.PADDING_KEY]
+        index = data_lib.split_index(builder, split)
+        table = found.merge(index, on='key', how='left', validate='one_to_one')
+        if table['image_id'].isna().any():
+            raise RuntimeError(f'{table["image_id"].isna().sum()} predictions of split {split} could '
+                               'not be matched to an image id')
+        table = table.sort_values('image_id').reset_index(drop=True)
+        return table[list(metrics_lib.PREDICTION_COLUMNS)]
+
+
 def predict(model, builder, strategy: tf.distribute.Strategy, *, split: str, batch_size: int,
-            image_size: int, eval_steps: Optional[int] = None) -> pd.DataFrame:
+            image_size: int, eval_steps: Optional[int] = None, preprocess_fn=None) -> pd.DataFrame:
     """Per-image abnormality probabilities of `split`, one row per image, sorted by image_id.
 
     Columns: image_id, study_id, body_part, label, probability. `eval_steps` limits the number
-    of global batches (None or 0: the whole split).
+    of global batches (None or 0: the whole split). `preprocess_fn` is the eval preprocessing
+    (None: SimCLR's centre crop; see `data.build_input_fn`).
     """
-    input_fn = data_lib.build_input_fn(builder, split, batch_size, is_training=False,
-                                       is_pretrain=False, image_size=image_size)
-    dataset = data_lib.build_distributed_dataset(input_fn, strategy)
-
-    def replica_step(images, targets):
-        _, logits = model(images, training=False)
-        probability = tf.nn.softmax(tf.cast(logits, tf.float32))[:, 1]
-        return targets['key'], probability
-
-    @tf.function
-    def eval_step(images, targets):
-        return strategy.run(replica_step, (images, targets))
-
-    keys, probabilities = [], []
-    for step, (images, targets) in enumerate(dataset):
-        if eval_steps and step >= eval_steps:
-            break
-        key, probability = eval_step(images, targets)
-        keys.extend(t.numpy() for t in strategy.experimental_local_results(key))
-        probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
-    found = pd.DataFrame({'key': np.concatenate(keys) if keys else np.array([], np.int64),
-                          'probability': np.concatenate(probabilities) if probabilities else []})
-    found = found[found['key'] != data_lib.PADDING_KEY]
-    index = data_lib.split_index(builder, split)
-    table = found.merge(index, on='key', how='left', validate='one_to_one')
-    if table['image_id'].isna().any():
-        raise RuntimeError(f'{table["image_id"].isna().sum()} predictions of split {split} could not '
-                           'be matched to an image id')
-    table = table.sort_values('image_id').reset_index(drop=True)
-    return table[list(metrics_lib.PREDICTION_COLUMNS)]
+    return Predictor(model, strategy)(builder, split=split, batch_size=batch_size,
+                                      image_size=image_size, eval_steps=eval_steps,
+                                      preprocess_fn=preprocess_fn)
 
 
 def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
@@ -90,7 +115,8 @@ def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
 
 
 def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
-             checkpoint_path: str, *, write_files: bool = True) -> Dict[str, Any]:
+             checkpoint_path: str, *, write_files: bool = True,
+             extra_results: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Evaluates one checkpoint on `config.eval_split` and writes the result files.
 
     Args:
@@ -100,15 +126,18 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
       strategy: the distribution strategy.
       checkpoint_path: a training checkpoint prefix (`<model_dir>/ckpt-<step>`).
       write_files: write results, predictions and summaries (False on non-chief workers).
+      extra_results: more entries for the result (e.g. the class weights in use); only numbers
+        whose name starts with 'eval/' become summaries.
 
     Returns:
-      The flat result dict that `result.json` holds (NaN where a metric is undefined).
+      The result dict that `result.json` holds (NaN where a metric is undefined).
     """
     step = restore_for_eval(model, checkpoint_path)
     logging.info('Evaluating %s (step %d) on split %s.', checkpoint_path, step, config.eval_split)
     predictions = predict(model, builder, strategy, split=config.eval_split,
                           batch_size=config.eval_batch_size, image_size=config.image_size,
-                          eval_steps=config.eval_steps)
+                          eval_steps=config.eval_steps,
+                          preprocess_fn=baseline.preprocess_fn_for(config))
     computed = metrics_lib.compute_metrics(predictions, study_level=config.eval_study_level)
     regularization = float(model_lib.add_weight_decay(model, config.optimizer,
                                                       config.weight_decay).numpy())
@@ -118,6 +147,7 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
               'eval_split': config.eval_split,
               'checkpoint': checkpoint_path}
     result.update(metrics_lib.flatten(computed))
+    result.update(extra_results or {})
     _log_result(result, config.eval_study_level)
     if write_files:
         model_dir = config.model_dir

@@ -10,6 +10,12 @@ signature takes a batch of encoded PNG radiographs (`image_bytes`, string [batch
 preprocessing (grey decode, tiling to RGB, 0.875 centre crop, bicubic resize) and returns
 `probability` (of abnormal, [batch]) and `logits_sup` ([batch, 2]). Only the newest
 `keep_hub_module_max` exports are kept.
+
+The DenseNet-169 baseline (`baseline.py`) is exported the same way, except: its `__call__` returns
+only `final_avg_pool` (the pooled DenseNet features, [batch, 1664]) and `logits_sup` ([batch, 1]),
+the named outputs it has (`model.export_output_names`); serving applies the baseline's eval
+preprocessing (plain resize, no crop; passed as `preprocess_fn`), and `probability` is
+sigmoid(logit).
 """
 import contextlib
 import os
@@ -20,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_mura import data_util
+from simclr_mura import model as model_lib
 
 NAMED_OUTPUTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3',
                  'block_group4', 'final_avg_pool', 'proj_head_input', 'proj_head_output', 'logits_sup')
@@ -48,22 +55,26 @@ def _save(module, path: str) -> None:
 class ExportModule(tf.Module):
     """What is saved: the model, its named outputs and the serving function."""
 
-    def __init__(self, model, image_size: int):
+    def __init__(self, model, image_size: int, preprocess_fn=None):
         super().__init__(name='simclr_mura_export')
         if model.supervised_head is None:
             raise ValueError('export needs a supervised head (fine-tuning, or pretraining with '
                              'lineareval_while_pretraining)')
         self.model = model
         self.image_size = image_size
+        self._preprocess_fn = preprocess_fn
+        self._output_names = tuple(getattr(model, 'export_output_names', NAMED_OUTPUTS))
         self.trainable_variables_list = list(model.trainable_variables)
 
     @tf.function
     def __call__(self, inputs, trainable):
         endpoints = self.model.named_outputs(inputs, training=trainable)
-        return {name: tf.cast(endpoints[name], tf.float32) for name in NAMED_OUTPUTS}
+        return {name: tf.cast(endpoints[name], tf.float32) for name in self._output_names}
 
     def _preprocess(self, png_bytes):
         image = tf.io.decode_png(png_bytes, channels=1)
+        if self._preprocess_fn is not None:
+            return self._preprocess_fn(image, is_training=False)
         return data_util.preprocess_image(image, self.image_size, self.image_size, is_training=False,
                                           test_crop=self.image_size > 32)
 
@@ -74,7 +85,7 @@ class ExportModule(tf.Module):
         images = tf.map_fn(self._preprocess, image_bytes,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         logits = tf.cast(self.model.named_outputs(images, training=False)['logits_sup'], tf.float32)
-        return {'probability': tf.nn.softmax(logits)[:, 1], 'logits_sup': logits}
+        return {'probability': model_lib.abnormal_probability(logits), 'logits_sup': logits}
 
 
 def _exported_steps(export_dir: str) -> List[int]:
@@ -83,8 +94,12 @@ def _exported_steps(export_dir: str) -> List[int]:
     return sorted(int(d.rstrip('/')) for d in tf.io.gfile.listdir(export_dir) if d.rstrip('/').isdigit())
 
 
-def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_max: int = 1) -> str:
+def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_max: int = 1,
+           preprocess_fn=None) -> str:
     """Saves `model_dir/saved_model/<step>/` and deletes all but the newest `keep_hub_module_max`.
+
+    `preprocess_fn(image, is_training=False)` is the serving preprocessing of a decoded grey PNG
+    (None: SimCLR's eval preprocessing); see `data.build_input_fn`.
 
     The SavedModel is written under a temporary name and renamed into place (where the file system
     supports directory renames), so a killed export leaves no half-written `<step>` directory.
@@ -93,7 +108,7 @@ def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_ma
     export_dir = os.path.join(model_dir, 'saved_model')
     target = os.path.join(export_dir, str(step))
     tmp = os.path.join(export_dir, f'.tmp-{step}-{uuid.uuid4().hex[:8]}')
-    module = ExportModule(model, image_size)
+    module = ExportModule(model, image_size, preprocess_fn)
     spec = tf.TensorSpec([None, None, None, 3], tf.float32)
     module.__call__.get_concrete_function(spec, True)
     module.__call__.get_concrete_function(spec, False)

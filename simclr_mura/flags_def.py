@@ -57,7 +57,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     # What to run.
     flags.DEFINE_enum('mode', 'train', list(config_lib.MODES), 'train, eval or train_then_eval.', **fv)
     flags.DEFINE_enum('train_mode', 'pretrain', list(config_lib.TRAIN_MODES),
-                      'pretrain (contrastive) or finetune (supervised).', **fv)
+                      'pretrain (contrastive), finetune (supervised) or baseline (supervised '
+                      'DenseNet-169, the MURA paper\'s model; see the --baseline_* flags).', **fv)
     flags.DEFINE_bool('lineareval_while_pretraining', True, 'Train a linear head on stop-gradient '
                       'features while pretraining.', **fv)
     flags.DEFINE_string('checkpoint', None, 'Initial weights when --model_dir has no checkpoint: a '
@@ -95,9 +96,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       'image probabilities, abnormal if > 0.5, as the MURA paper).', **fv)
     flags.DEFINE_string('tfds_manual_dir', None, 'Folder holding MURA-v1.1 (or its zip); builds the '
                         'dataset on first use when it is not built yet.', **fv)
-    flags.DEFINE_enum('class_weighting', 'none', list(config_lib.CLASS_WEIGHTINGS),
-                      "Supervised-loss class weights: none, or mura (the MURA paper's per-body-part "
-                      'weights from training image counts).', **fv)
+    flags.DEFINE_enum('class_weighting', 'auto', list(config_lib.CLASS_WEIGHTINGS),
+                      "Supervised-loss class weights: mura (the MURA paper's per-body-part weights "
+                      'from the image counts of --train_split: abnormal images weighted by the normal '
+                      'fraction, normal ones by the abnormal fraction), none, or auto (mura for '
+                      '--train_mode=baseline, none otherwise).', **fv)
     flags.DEFINE_integer('seed', None, 'Random seed for Python, NumPy and TensorFlow; also makes the '
                          'training input order reproducible, so a resumed run continues it.', **fv)
     flags.DEFINE_bool('deterministic', False, 'Deterministic ops and input order for exact reruns '
@@ -107,6 +110,19 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.', **fv)
     flags.DEFINE_bool('allow_random_init', False, 'Allow --train_mode=finetune without --checkpoint '
                       '(trains from random weights).', **fv)
+    # Added by the port for --train_mode=baseline. The baseline trains with Adam (--optimizer=adam)
+    # at the constant --learning_rate (no batch scaling, warm-up or cosine decay).
+    flags.DEFINE_string('baseline_weights', 'imagenet', 'Initial DenseNet-169 weights: none (random), '
+                        "imagenet (Keras' ImageNet weights, downloaded on first use), or a path: a "
+                        'DenseNet-169 (no top) weights .h5 file, or a baseline checkpoint prefix, '
+                        'directory or SavedModel.', **fv)
+    flags.DEFINE_float('baseline_rotation_degrees', 30.0, 'Random rotation range (+-degrees) of the '
+                       'baseline training augmentation (paper 30, seed project 10).', **fv)
+    flags.DEFINE_bool('baseline_plateau_decay', False, 'Divide the learning rate by 10 when the '
+                      'validation loss (weighted BCE on --baseline_plateau_split) does not improve '
+                      'over an epoch, as the MURA paper.', **fv)
+    flags.DEFINE_string('baseline_plateau_split', 'validation', 'Split whose loss drives '
+                        '--baseline_plateau_decay (evaluated after every epoch).', **fv)
 
 
 def config_from_flags(flag_values: Optional[flags.FlagValues] = None) -> config_lib.Config:

@@ -1,4 +1,4 @@
-"""One run: mode (train / eval / train_then_eval) x train_mode (pretrain / finetune).
+"""One run: mode (train / eval / train_then_eval) x train_mode (pretrain / finetune / baseline).
 
 `run(config)` is what `run.py` calls after turning flags into a `Config`. Order of work:
 1. check the settings and whether the dataset is available (all problems reported together, one
@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 from absl import logging
 
+from simclr_mura import baseline
 from simclr_mura import checkpoints
 from simclr_mura import config as config_lib
 from simclr_mura import data as data_lib
@@ -62,7 +63,10 @@ def check_start(config: Config):
 
 def _check_split_sizes(builder, config: Config) -> None:
     errors = []
-    for flag in ('train_split', 'eval_split'):
+    flags = ['train_split', 'eval_split']
+    if config.train_mode == 'baseline' and config.baseline_plateau_decay:
+        flags.append('baseline_plateau_split')
+    for flag in flags:
         split = getattr(config, flag)
         try:
             n = data_lib.num_examples(builder, split)
@@ -76,25 +80,41 @@ def _check_split_sizes(builder, config: Config) -> None:
 
 
 def _evaluate_and_export(config: Config, model, builder, strategy, checkpoint_path: str,
-                         result: RunResult) -> None:
+                         result: RunResult, extra_results: Dict[str, Any]) -> None:
     chief = train_lib.is_chief(strategy)
     checkpoints.check_compatible(model, checkpoint_path, train_lib.architecture(config),
                                  label='checkpoint')
     result.eval_result = evaluate_lib.evaluate(config, model, builder, strategy, checkpoint_path,
-                                               write_files=chief)
+                                               write_files=chief, extra_results=extra_results)
     if chief:
         result.export_path = export_lib.export(model, config.model_dir,
                                                result.eval_result['global_step'], config.image_size,
-                                               config.keep_hub_module_max)
+                                               config.keep_hub_module_max,
+                                               preprocess_fn=baseline.preprocess_fn_for(config))
 
 
-def _eval_loop(config: Config, model, builder, strategy, train_steps: int, result: RunResult) -> None:
+def _class_weights(config: Config, builder):
+    """The class weights in use ([part, label] array or None) and their description for results."""
+    info: Dict[str, Any] = {'class_weighting': config.class_weighting_in_use}
+    if config.class_weighting_in_use != 'mura':
+        return None, info
+    table = data_lib.mura_class_weight_table(builder, config.train_split)
+    logging.info('MURA class weights from the image counts of %s (w_abnormal = normal fraction, '
+                 'w_normal = abnormal fraction, per body part):', config.train_split)
+    for line in table.describe():
+        logging.info('  %s', line)
+    info.update(class_weights_split=config.train_split, class_weights=table.as_dict())
+    return table.weights, info
+
+
+def _eval_loop(config: Config, model, builder, strategy, train_steps: int, result: RunResult,
+               extra_results: Dict[str, Any]) -> None:
     """Evaluates each new checkpoint in model_dir until one reaches train_steps (as the original)."""
     if _latest_checkpoint(config.model_dir) is None:
         logging.info('Waiting for checkpoints in %s (polling every %d s).', config.model_dir,
                      EVAL_POLL_SECONDS)
     for path in tf.train.checkpoints_iterator(config.model_dir, min_interval_secs=EVAL_POLL_SECONDS):
-        _evaluate_and_export(config, model, builder, strategy, path, result)
+        _evaluate_and_export(config, model, builder, strategy, path, result, extra_results)
         if result.eval_result['global_step'] >= train_steps:
             logging.info('Eval complete: step %d >= train_steps %d.',
                          result.eval_result['global_step'], train_steps)
@@ -138,10 +158,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     train_steps = schedule.get_train_steps(num_train, config.train_batch_size, config.train_epochs,
                                            config.train_steps)
     num_classes = builder.info.features['label'].num_classes
-    class_weights = None
-    if config.class_weighting == 'mura':
-        class_weights = data_lib.mura_class_weights(builder, config.train_split)
-        logging.info('MURA class weights per body part [normal, abnormal]: %s', class_weights.tolist())
+    class_weights, weight_info = _class_weights(config, builder)
     with strategy.scope():
         model = train_lib.build_model(config, num_classes)
 
@@ -152,7 +169,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     if config.mode == 'train_then_eval':
         # As the original: evaluate (and export) the latest checkpoint only.
         _evaluate_and_export(config, model, builder, strategy, _latest_checkpoint(config.model_dir),
-                             result)
+                             result, weight_info)
     elif config.mode == 'eval':
-        _eval_loop(config, model, builder, strategy, train_steps, result)
+        _eval_loop(config, model, builder, strategy, train_steps, result, weight_info)
     return result

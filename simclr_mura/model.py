@@ -271,11 +271,16 @@ def add_weight_decay(model: tf_keras.Model, optimizer_name: str,
     LARS applies weight decay itself, except to variables named `head_supervised`, so only the
     supervised head's non-bias kernels' l2_loss (sum(v^2)/2) is returned. For momentum and Adam
     it is the l2_loss of every trainable weight whose name lacks `batch_normalization`
-    (biases and the supervised head included). Scaled by `weight_decay`.
+    (biases and the supervised head included). A model with a `weight_decay_variables()` method
+    (the DenseNet baseline) decays the variables it returns instead. Scaled by `weight_decay`.
     """
     if optimizer_name not in OPTIMIZERS:
         raise ValueError(f'optimizer_name={optimizer_name!r}; use one of {OPTIMIZERS}.')
-    if optimizer_name == 'lars':
+    if hasattr(model, 'weight_decay_variables'):
+        # Models whose batch-norm variables are not named `batch_normalization` (the Keras DenseNet
+        # of the baseline) say themselves which variables are decayed.
+        variables = model.weight_decay_variables()
+    elif optimizer_name == 'lars':
         variables = [v for v in model.trainable_variables
                      if 'head_supervised' in v.name and 'bias' not in v.name]
     else:
@@ -283,3 +288,14 @@ def add_weight_decay(model: tf_keras.Model, optimizer_name: str,
     if not variables:
         return tf.constant(0.0)
     return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
+
+
+def abnormal_probability(logits: tf.Tensor) -> tf.Tensor:
+    """Probability of 'abnormal' (class 1) per row: softmax(logits)[:, 1] for a 2-way head (SimCLR),
+    sigmoid(logits[:, 0]) for a single-logit head (the DenseNet baseline). float32, shape [batch]."""
+    logits = tf.cast(logits, tf.float32)
+    if logits.shape[-1] == 1:
+        return tf.sigmoid(logits[:, 0])
+    if logits.shape[-1] == 2:
+        return tf.nn.softmax(logits)[:, 1]
+    raise ValueError(f'expected 1 (sigmoid) or 2 (softmax) logits per image, got shape {logits.shape}')

@@ -2,7 +2,9 @@
 
 Reads only files that runs wrote (`result.json` and `flags.json` of every run directory below
 `model_root`), so it works on runs made elsewhere and copied back. Prints one markdown row per run
-and, with `--out`, writes `results.csv` and `results.md` there.
+and, with `--out`, writes `results.csv` and `results.md` there. Rows are grouped by dataset and
+training split (1%, 10%, all labels), the DenseNet-169 baseline first, so each label fraction shows
+the baseline and the SimCLR rows side by side with the same metrics.
 """
 import json
 import math
@@ -35,8 +37,17 @@ def _read_json(path: str) -> Optional[Dict]:
         return json.load(f)
 
 
+BASELINE_NAME = 'DenseNet-169 baseline'
+# Row order within a dataset and training split.
+_METHOD_ORDER = (BASELINE_NAME, 'SimCLR fine-tune', 'SimCLR linear eval',
+                 'SimCLR pretrain (linear-eval head)')
+
+
 def method_name(settings: Dict) -> str:
-    """How a run is named in tables: pretrain+linear eval, fine-tune, or linear eval."""
+    """How a run is named in tables: the DenseNet baseline, SimCLR pretrain+linear eval, fine-tune,
+    or linear eval."""
+    if settings.get('train_mode') == 'baseline':
+        return BASELINE_NAME
     if settings.get('train_mode') == 'pretrain':
         return 'SimCLR pretrain (linear-eval head)'
     if settings.get('train_mode') == 'finetune':
@@ -44,8 +55,18 @@ def method_name(settings: Dict) -> str:
     return str(settings.get('train_mode', '?'))
 
 
+def _split_rank(split: str) -> int:
+    # Label fractions first (1% before 10%), then everything else.
+    return {'train_1pct': 0, 'train_10pct': 1, 'train': 2}.get(split, 3)
+
+
+def _method_rank(method: str) -> int:
+    return _METHOD_ORDER.index(method) if method in _METHOD_ORDER else len(_METHOD_ORDER)
+
+
 def collect(model_root: str) -> pd.DataFrame:
-    """One row per run directory below `model_root` that holds a result.json, sorted by run."""
+    """One row per run directory below `model_root` that holds a result.json, ordered by dataset,
+    training split (1%, 10%, all), method (baseline first) and run."""
     rows: List[Dict] = []
     for directory, _, files in sorted(tf.io.gfile.walk(model_root)):
         if 'result.json' not in files:
@@ -62,6 +83,8 @@ def collect(model_root: str) -> pd.DataFrame:
             value = result.get(key)
             row[title] = math.nan if value is None else float(value)
         rows.append(row)
+    rows.sort(key=lambda r: (r['dataset'], _split_rank(r['train split']), r['train split'],
+                             _method_rank(r['method']), r['run']))
     return pd.DataFrame(rows)
 
 

@@ -6,20 +6,23 @@ loop of `strategy.run(single_step)` over `steps_per_loop` steps; after each loop
 checkpoint is saved. Differences: training stops at exactly `train_steps` (the last loop is
 shortened), a restarted run resumes from the newest checkpoint in `model_dir` and says so, every
 loop logs a progress line (step, loss, examples/s, ETA), and `--checkpoint` is checked against the
-model before it is loaded.
+model before it is loaded. The DenseNet-169 baseline (`--train_mode=baseline`, `baseline.py`) runs
+through the same loop with its own model, loss, learning rate and an end-of-epoch plateau hook.
 """
 import os
 import tempfile
 import time
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 from absl import logging
 
+from simclr_mura import baseline
 from simclr_mura import checkpoints
 from simclr_mura import data as data_lib
+from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import lars_optimizer
 from simclr_mura import model as model_lib
 from simclr_mura import objective
@@ -77,13 +80,18 @@ def configure_runtime(config: Config) -> None:
 
 def architecture(config: Config) -> str:
     """Short description of the configured network, for messages."""
+    if config.train_mode == 'baseline':
+        return baseline.ARCHITECTURE
     return (f'resnet_depth={config.resnet_depth}, width_multiplier={config.width_multiplier}, '
             f'sk_ratio={config.sk_ratio}, se_ratio={config.se_ratio}, '
             f'proj_head_mode={config.proj_head_mode}, num_proj_layers={config.num_proj_layers}')
 
 
-def build_model(config: Config, num_classes: int) -> model_lib.Model:
-    """The SimCLR model with its variables created (call inside `strategy.scope()`)."""
+def build_model(config: Config, num_classes: int):
+    """The SimCLR model, or the DenseNet-169 baseline in baseline mode (one sigmoid logit, whatever
+    `num_classes`), with its variables created (call inside `strategy.scope()`)."""
+    if config.train_mode == 'baseline':
+        return baseline.build_model(config.image_size, config.zero_init_logits_layer)
     model = model_lib.Model(
         num_classes, train_mode=config.train_mode,
         lineareval_while_pretraining=config.lineareval_while_pretraining,
@@ -124,10 +132,19 @@ def _metric_names(config: Config):
 
 
 def _supervised_loss(config: Config, labels, weights, logits):
-    if config.class_weighting == 'none':
+    if config.train_mode == 'baseline':
+        # The per-example weights are 1 with --class_weighting=none.
+        return baseline.weighted_bce(labels, weights, logits)
+    if config.class_weighting_in_use == 'none':
         return objective.add_supervised_loss(labels, logits)
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(weights * per_example)
+
+
+def _supervised_accuracy(config: Config, labels, logits):
+    if config.train_mode == 'baseline':
+        return baseline.binary_accuracy(labels, logits)
+    return objective.supervised_accuracy(labels, logits)
 
 
 def _make_compute_step(config: Config, model, optimizer, strategy):
@@ -156,7 +173,7 @@ def _make_compute_step(config: Config, model, optimizer, strategy):
                 sup_loss = _supervised_loss(config, labels, weights, logits)
                 loss += sup_loss
                 stats['train/supervised_loss'] = sup_loss
-                stats['train/supervised_acc'] = objective.supervised_accuracy(labels, logits)
+                stats['train/supervised_acc'] = _supervised_accuracy(config, labels, logits)
             weight_decay = tf.cast(model_lib.add_weight_decay(model, config.optimizer,
                                                               config.weight_decay), tf.float32)
             loss += weight_decay
@@ -175,11 +192,22 @@ def _make_compute_step(config: Config, model, optimizer, strategy):
     return compute
 
 
+# Called after the loop that ends an epoch, before its checkpoint is saved: step -> scalars to log.
+EpochHook = Callable[[int], Dict[str, float]]
+
+
 class Trainer:
-    """Runs the training loop of one configured run; see `train` for the entry point."""
+    """Runs the training loop of one configured run; see `train` for the entry point.
+
+    With `end_of_epoch`, loops also end at every multiple of `epoch_steps`, where the hook runs
+    (e.g. the baseline's plateau decay) before that step's checkpoint is written.
+    """
 
     def __init__(self, config: Config, strategy: tf.distribute.Strategy, model, optimizer,
-                 lr_schedule, train_steps: int, steps_per_loop: int):
+                 lr_schedule, train_steps: int, steps_per_loop: int, epoch_steps: int = 0,
+                 end_of_epoch: Optional[EpochHook] = None):
+        if end_of_epoch is not None and epoch_steps < 1:
+            raise ValueError(f'end_of_epoch needs epoch_steps >= 1, got {epoch_steps}')
         self.config = config
         self.strategy = strategy
         self.model = model
@@ -187,6 +215,8 @@ class Trainer:
         self.lr_schedule = lr_schedule
         self.train_steps = train_steps
         self.steps_per_loop = steps_per_loop
+        self.epoch_steps = epoch_steps
+        self.end_of_epoch = end_of_epoch
         with strategy.scope():
             self.metrics = {name: tf_keras.metrics.Mean(name) for name in _metric_names(config)}
         self._compute = _make_compute_step(config, model, optimizer, strategy)
@@ -222,6 +252,8 @@ class Trainer:
         start_step, start_time = cur_step, time.time()
         while True:
             num_steps = schedule.steps_in_next_loop(cur_step, self.train_steps, self.steps_per_loop)
+            if self.end_of_epoch is not None:
+                num_steps = min(num_steps, self.epoch_steps - cur_step % self.epoch_steps)
             if not num_steps:
                 break
             loop_start = time.time()
@@ -230,14 +262,21 @@ class Trainer:
                                  tf.constant(cur_step + num_steps, tf.int64))
             cur_step = int(self.optimizer.iterations.numpy())
             elapsed = time.time() - loop_start
+            extra = {}
+            if self.end_of_epoch is not None and cur_step % self.epoch_steps == 0:
+                extra = self.end_of_epoch(cur_step)
             manager.save(checkpoint_number=cur_step)
-            self._log_loop(cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch)
+            self._log_loop(cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch,
+                           extra)
         logging.info('Training complete: step %d of %d.', cur_step, self.train_steps)
         return cur_step
 
-    def _log_loop(self, cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch):
+    def _log_loop(self, cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch,
+                  extra: Dict[str, float]):
         values = {name: float(metric.result().numpy()) for name, metric in self.metrics.items()}
+        # The rate of the next steps (after a plateau decay at this step, the decayed one).
         values['learning_rate'] = float(self.lr_schedule(cur_step).numpy())
+        values.update(extra)
         rate = (cur_step - start_step) / max(time.time() - start_time, 1e-9)
         eta = (self.train_steps - cur_step) / rate if rate > 0 else float('nan')
         logging.info('Step %d/%d: loss %.4f, %.1f examples/s, ETA %s | %s', cur_step, self.train_steps,
@@ -266,27 +305,73 @@ def _checkpoint_dir(config: Config, chief: bool) -> str:
     return config.model_dir if chief else tempfile.mkdtemp(prefix='simclr_mura_worker_')
 
 
+def learning_rate_schedule(config: Config, num_train_examples: int,
+                           plateau: Optional[baseline.PlateauState] = None):
+    """The baseline's constant rate (times the plateau scale), or SimCLR's warm-up + cosine decay."""
+    if config.train_mode == 'baseline':
+        # The paper's Adam at the given rate: no batch scaling, warm-up or cosine decay.
+        return baseline.ConstantLearningRate(config.learning_rate, plateau)
+    return schedule.WarmUpAndCosineDecay(
+        config.learning_rate, num_train_examples, config.train_batch_size,
+        config.learning_rate_scaling, config.warmup_epochs, config.train_epochs, config.train_steps)
+
+
+def _initialize(config: Config, model) -> None:
+    """Initial weights when `model_dir` has no checkpoint to resume from."""
+    if config.train_mode == 'baseline':
+        baseline.initialize_weights(model, config.baseline_weights, config.zero_init_logits_layer)
+    elif config.checkpoint:
+        checkpoints.initialize_from_checkpoint(model, config.checkpoint,
+                                               config.zero_init_logits_layer, architecture(config))
+    elif config.train_mode == 'finetune':
+        logging.warning('Fine-tuning from random initialisation (--allow_random_init).')
+
+
+def _plateau_hook(config: Config, model, builder, strategy, class_weights: Optional[np.ndarray],
+                  plateau: baseline.PlateauState) -> EpochHook:
+    """After each epoch: the weighted BCE on --baseline_plateau_split, then the plateau decision."""
+    predictor = evaluate_lib.Predictor(model, strategy)
+    part_names = builder.info.features['body_part'].names
+    split = config.baseline_plateau_split
+
+    def end_of_epoch(step: int) -> Dict[str, float]:
+        predictions = predictor(builder, split=split, batch_size=config.eval_batch_size,
+                                image_size=config.image_size,
+                                preprocess_fn=baseline.preprocess_fn_for(config))
+        loss = baseline.validation_loss(predictions, class_weights, part_names)
+        decayed = plateau.update(loss)
+        logging.info('Epoch end at step %d: validation loss %.5f on %s (best %.5f)%s.', step, loss, split,
+                     float(plateau.best_loss.numpy()),
+                     f'; no improvement, learning rate x{baseline.PLATEAU_FACTOR} -> '
+                     f'{config.learning_rate * float(plateau.scale.numpy()):.3g}' if decayed else '')
+        return {'baseline/validation_loss': loss,
+                'baseline/learning_rate_scale': float(plateau.scale.numpy())}
+
+    return end_of_epoch
+
+
 def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
           num_train_examples: int, class_weights: Optional[np.ndarray] = None) -> int:
     """Trains `model` (built under `strategy.scope()`) to exactly the configured number of steps.
 
     Resumes from the newest checkpoint in `model_dir` if there is one; otherwise loads
-    `--checkpoint` (model weights only) if given. Returns the final global step.
+    `--checkpoint` (model weights only) if given, or `--baseline_weights` in baseline mode.
+    Returns the final global step.
     """
     train_steps = schedule.get_train_steps(num_train_examples, config.train_batch_size,
                                            config.train_epochs, config.train_steps)
     epoch_steps = schedule.get_epoch_steps(num_train_examples, config.train_batch_size)
     steps_per_loop = schedule.get_checkpoint_steps(config.checkpoint_steps, config.checkpoint_epochs,
                                                    epoch_steps)
+    plateau_on = config.train_mode == 'baseline' and config.baseline_plateau_decay
     chief = is_chief(strategy)
     with strategy.scope():
-        lr_schedule = schedule.WarmUpAndCosineDecay(
-            config.learning_rate, num_train_examples, config.train_batch_size,
-            config.learning_rate_scaling, config.warmup_epochs, config.train_epochs,
-            config.train_steps)
+        plateau = baseline.PlateauState() if plateau_on else None
+        lr_schedule = learning_rate_schedule(config, num_train_examples, plateau)
         optimizer = build_optimizer(config, lr_schedule)
         checkpoint, manager = checkpoints.make_manager(
-            model, optimizer, _checkpoint_dir(config, chief), config.keep_checkpoint_max)
+            model, optimizer, _checkpoint_dir(config, chief), config.keep_checkpoint_max,
+            extra={'plateau': plateau} if plateau else None)
         latest = manager.latest_checkpoint
         if latest:
             # A clear message instead of a restore-time shape error when the flags changed.
@@ -295,24 +380,28 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
             checkpoints.resume(checkpoint, manager)
             logging.info('Resuming from checkpoint %s at step %d (train_steps %d).', latest,
                          int(optimizer.iterations.numpy()), train_steps)
-        elif config.checkpoint:
-            checkpoints.initialize_from_checkpoint(model, config.checkpoint,
-                                                   config.zero_init_logits_layer, architecture(config))
-        elif config.train_mode == 'finetune':
-            logging.warning('Fine-tuning from random initialisation (--allow_random_init).')
+        else:
+            _initialize(config, model)
     start_step = int(optimizer.iterations.numpy())
     logging.info('Training %s on %s (%d examples): %d steps, %d per loop, global batch %d, '
                  '%d replica(s).', config.train_mode, config.train_split, num_train_examples,
                  train_steps, steps_per_loop, config.train_batch_size, strategy.num_replicas_in_sync)
+    if config.train_mode == 'baseline':
+        logging.info('Baseline: Adam at a constant learning rate %g%s.', config.learning_rate,
+                     f', x{baseline.PLATEAU_FACTOR} when the loss on {config.baseline_plateau_split} '
+                     f'does not improve over an epoch ({max(epoch_steps, 1)} steps)' if plateau_on else '')
     input_fn = data_lib.build_input_fn(
         builder, config.train_split, config.train_batch_size, is_training=True,
         is_pretrain=config.train_mode == 'pretrain', image_size=config.image_size,
         color_jitter_strength=config.color_jitter_strength, cache_dataset=config.cache_dataset,
         class_weights=class_weights,
         # A seeded run reads in a reproducible order, which also lets a resumed run skip ahead.
-        deterministic=config.seed is not None, seed=config.seed, resume_step=start_step)
+        deterministic=config.seed is not None, seed=config.seed, resume_step=start_step,
+        preprocess_fn=baseline.preprocess_fn_for(config))
     iterator = iter(data_lib.build_distributed_dataset(input_fn, strategy))
     writer = tf.summary.create_file_writer(config.model_dir) if chief else tf.summary.create_noop_writer()
-    trainer = Trainer(config, strategy, model, optimizer, lr_schedule, train_steps, steps_per_loop)
+    hook = (_plateau_hook(config, model, builder, strategy, class_weights, plateau) if plateau_on
+            else None)
+    trainer = Trainer(config, strategy, model, optimizer, lr_schedule, train_steps, steps_per_loop,
+                      epoch_steps=max(epoch_steps, 1), end_of_epoch=hook)
     return trainer.run(iterator, manager, writer, chief)
-

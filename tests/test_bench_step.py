@@ -39,3 +39,10 @@ def test_bad_arguments_are_rejected_before_any_model_is_built():
     assert proc.returncode == 2
     assert '--steps=0 must be >= 1' in proc.stderr
     assert '--depth=200 has no Keras floor' in proc.stderr
+
+
+def test_baseline_mode_arguments():
+    proc = _run(['--baseline', '--jit_compile', '--steps', '0'])
+    assert proc.returncode == 2
+    assert '--steps=0 must be >= 1' in proc.stderr
+    assert '--baseline times the DenseNet-169 baseline without XLA' in proc.stderr

@@ -98,6 +98,56 @@ def test_other_combinations():
         _ok(class_weighting='mura', lineareval_while_pretraining=False))
 
 
+def _baseline(**changes):
+    values = dict(train_mode='baseline', optimizer='adam', baseline_weights='none')
+    values.update(changes)
+    return _ok(**values)
+
+
+def test_baseline_settings():
+    validate(_baseline(), available_splits=SPLITS, num_replicas=1)
+    # Evaluation is a plain resize, so small images can be evaluated (unlike SimCLR's CIFAR path).
+    validate(_baseline(image_size=32, mode='train_then_eval'))
+    msg = _message(_baseline(optimizer='lars', checkpoint='runs/x/ckpt-3', fine_tune_after_block=4,
+                             baseline_rotation_degrees=200))
+    lines = msg.splitlines()
+    assert len(lines) == 4
+    assert '--train_mode=baseline trains with Adam as the MURA paper; pass --optimizer=adam' in lines[0]
+    assert '--fine_tune_after_block=4 applies to --train_mode=finetune only' in lines[1]
+    assert lines[2].endswith('pass the initial weights as --baseline_weights=runs/x/ckpt-3')
+    assert lines[3].startswith('--baseline_rotation_degrees=200 must be in 0..180')
+
+
+def test_baseline_weights_path_must_exist_when_training_from_scratch(tmp_path):
+    missing = str(tmp_path / 'densenet.h5')
+    assert 'no such file, directory or checkpoint' in _message(_baseline(baseline_weights=missing))
+    validate(_baseline(baseline_weights=missing), resuming=True)  # model_dir's checkpoint is used
+    validate(_baseline(baseline_weights=missing, mode='eval'))
+    (tmp_path / 'densenet.h5').write_bytes(b'')
+    validate(_baseline(baseline_weights=missing))
+    (tmp_path / 'ckpt-5.index').write_bytes(b'')
+    validate(_baseline(baseline_weights=str(tmp_path / 'ckpt-5')))  # a checkpoint prefix
+    validate(_baseline(baseline_weights='imagenet'))
+
+
+def test_baseline_plateau_split_and_flag_outside_baseline():
+    assert '--baseline_plateau_decay applies to --train_mode=baseline only' in _message(
+        _ok(baseline_plateau_decay=True))
+    msg = _message(_baseline(baseline_plateau_decay=True, baseline_plateau_split='valid'),
+                   available_splits=SPLITS)
+    assert msg.startswith("--baseline_plateau_split=valid: unknown split 'valid'")
+    # Only checked when the plateau decay is on.
+    validate(_baseline(baseline_plateau_split='valid'), available_splits=SPLITS)
+
+
+def test_class_weighting_auto_is_mura_for_the_baseline_only():
+    assert _baseline().class_weighting_in_use == 'mura'
+    assert _baseline(class_weighting='none').class_weighting_in_use == 'none'
+    assert _ok(train_mode='finetune').class_weighting_in_use == 'none'
+    assert _ok(train_mode='finetune', class_weighting='mura').class_weighting_in_use == 'mura'
+    validate(_ok(lineareval_while_pretraining=False))  # auto: nothing to weight, no error
+
+
 def test_split_names():
     assert config_lib.split_names('train[:50%]+validation') == ['train', 'validation']
     with pytest.raises(ConfigError):

@@ -1,5 +1,6 @@
 """Tests for simclr_mura.data on a tiny synthetic mura/elbow dataset."""
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -97,6 +98,27 @@ def test_mura_class_weights(builder):
     _, targets = next(iter(input_fn(tf.distribute.InputContext())))
     expected = weights[elbow][targets['label'].numpy().argmax(1)]
     np.testing.assert_allclose(targets['weight'], expected)
+
+
+def test_class_weights_pinned_to_the_mura_paper():
+    """MURA-v1.1 training image counts (mura_facts.md 3.3) give the paper's weights (6): the abnormal
+    class is weighted by the normal fraction. Pinned so that they can never be swapped again."""
+    names = ('elbow', 'finger', 'hand', 'shoulder')
+    table = pd.DataFrame({'body_part': ['elbow'] * 4931 + ['hand'] * 5543 + ['shoulder'] * 8379,
+                          'label': [0] * 2925 + [1] * 2006 + [0] * 4059 + [1] * 1484
+                                   + [0] * 4211 + [1] * 4168})
+    counts = data.count_images(table.sample(frac=1, random_state=0), names)
+    np.testing.assert_array_equal(counts, [[2925, 2006], [0, 0], [4059, 1484], [4211, 4168]])
+    weights = data.class_weights_from_counts(counts)
+    np.testing.assert_allclose(weights[[0, 2, 3], 1], [0.593, 0.732, 0.503], atol=5e-4)  # abnormal
+    np.testing.assert_allclose(weights[[0, 2, 3], 0], [0.407, 0.268, 0.497], atol=5e-4)  # normal
+    np.testing.assert_array_equal(weights[1], [1, 1])  # no finger images: unweighted
+    # One class only: the paper's formula would zero it out; it is weighted as a balanced part.
+    np.testing.assert_array_equal(data.class_weights_from_counts([[5, 0], [0, 2]]), [[0.5, 0.5]] * 2)
+    info = data.ClassWeights('train', names, counts, weights).as_dict()
+    assert list(info) == ['elbow', 'hand', 'shoulder']
+    assert info['elbow'] == {'normal_images': 2925, 'abnormal_images': 2006,
+                             'w_normal': pytest.approx(2006 / 4931), 'w_abnormal': pytest.approx(2925 / 4931)}
 
 
 def test_deterministic_resume_skips_consumed_examples(builder):

@@ -25,12 +25,15 @@ ORIGINAL_FLAGS = {
     'color_jitter_strength': 1.0, 'use_blur': True,
 }
 PORT_CHANGED_DEFAULTS = {'use_tpu': False, 'dataset': 'mura/all'}
-ADDED_FLAGS = {'eval_study_level': True, 'tfds_manual_dir': None, 'class_weighting': 'none',
+ADDED_FLAGS = {'eval_study_level': True, 'tfds_manual_dir': None, 'class_weighting': 'auto',
                'seed': None, 'deterministic': False, 'mixed_precision': 'none', 'jit_compile': False,
-               'allow_random_init': False}
+               'allow_random_init': False, 'baseline_weights': 'imagenet',
+               'baseline_rotation_degrees': 30.0, 'baseline_plateau_decay': False,
+               'baseline_plateau_split': 'validation'}
 ENUMS = {'learning_rate_scaling': ['linear', 'sqrt'], 'optimizer': ['momentum', 'adam', 'lars'],
-         'mode': ['train', 'eval', 'train_then_eval'], 'train_mode': ['pretrain', 'finetune'],
-         'proj_head_mode': ['none', 'linear', 'nonlinear'], 'class_weighting': ['none', 'mura'],
+         'mode': ['train', 'eval', 'train_then_eval'],
+         'train_mode': ['pretrain', 'finetune', 'baseline'],
+         'proj_head_mode': ['none', 'linear', 'nonlinear'], 'class_weighting': ['auto', 'none', 'mura'],
          'mixed_precision': ['none', 'mixed_bfloat16', 'mixed_float16']}
 
 
@@ -114,7 +117,9 @@ def test_every_experiment_flagfile_parses_and_validates(flagfile):
     config_lib.validate(config, available_splits=['train', 'validation', 'test', 'train_1pct',
                                                   'train_10pct'])
     assert config.model_dir and config.mode == 'train_then_eval'
-    if flagfile.startswith('demo_'):
+    if config.train_mode == 'baseline':
+        _check_baseline_flagfile(flagfile, config)
+    elif flagfile.startswith('demo_'):
         assert config.resnet_depth == 18 and config.image_size == 64 and config.train_steps <= 200
     else:
         assert config.resnet_depth == 50 and config.image_size == 224 and not config.use_tpu
@@ -124,8 +129,33 @@ def test_every_experiment_flagfile_parses_and_validates(flagfile):
             assert config.checkpoint == f'runs/pretrain_{part}' and config.eval_split == 'test'
 
 
+def _check_baseline_flagfile(flagfile, config):
+    """Seed project settings (mura_facts.md 11.4), the MURA paper's (6), or a small CPU demo."""
+    assert config.optimizer == 'adam' and config.eval_split == 'test'
+    if flagfile.startswith('demo_'):
+        assert config.baseline_weights == 'none' and config.image_size == 64
+        assert config.train_steps <= 400 and config.dataset == 'mura/all'
+        return
+    name = flagfile[:-len('.cfg')]
+    paper = name.endswith('_paper')
+    part = name[len('baseline_'):-len('_paper') if paper else None]
+    assert config.dataset == f'mura/{part}' and config.model_dir == f'runs/{name}'
+    assert config.train_batch_size == 8 and config.train_split == 'train'
+    assert config.baseline_weights == 'imagenet' and config.class_weighting_in_use == 'mura'
+    if paper:
+        assert config.learning_rate == 1e-4 and config.image_size == 320
+        assert config.baseline_rotation_degrees == 30 and config.baseline_plateau_decay
+    else:
+        assert config.learning_rate == 2e-5 and config.image_size == 128 and config.train_epochs == 15
+        assert config.baseline_rotation_degrees == 10 and config.eval_batch_size == 16
+        assert not config.baseline_plateau_decay
+
+
 def test_the_seed_report_experiments_all_have_a_flagfile():
     names = {p.name for p in FLAGS_DIR.glob('*.cfg')}
+    for part in ('elbow', 'hand', 'shoulder', 'all'):
+        assert {f'baseline_{part}.cfg', f'baseline_{part}_paper.cfg'} <= names
+    assert {'demo_baseline_1pct.cfg', 'demo_baseline_10pct.cfg', 'demo_baseline_100pct.cfg'} <= names
     for part in ('elbow', 'hand', 'shoulder'):
         assert {f'pretrain_{part}.cfg', f'lineareval_{part}.cfg', f'finetune_1pct_{part}.cfg',
                 f'finetune_10pct_{part}.cfg', f'finetune_100pct_{part}.cfg'} <= names
