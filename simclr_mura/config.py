@@ -120,6 +120,14 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @property
+    def split_flags(self) -> List[str]:
+        """Names of the settings that hold a TFDS split this run reads."""
+        flags = ['train_split', 'eval_split']
+        if self.train_mode == 'baseline' and self.baseline_plateau_decay:
+            flags.append('baseline_plateau_split')
+        return flags
+
+    @property
     def has_supervised_head(self) -> bool:
         """Whether the model has a supervised (classification) head, as in the original."""
         return self.train_mode != 'pretrain' or self.lineareval_while_pretraining
@@ -268,10 +276,7 @@ def _exists(path: str) -> bool:
 def _check_splits(c: Config, available_splits: Collection[str]) -> List[str]:
     errors = []
     known = ', '.join(sorted(available_splits))
-    flags = ['train_split', 'eval_split']
-    if c.train_mode == 'baseline' and c.baseline_plateau_decay:
-        flags.append('baseline_plateau_split')
-    for flag in flags:
+    for flag in c.split_flags:
         value = getattr(c, flag)
         try:
             names = split_names(value)

@@ -63,10 +63,7 @@ def check_start(config: Config):
 
 def _check_split_sizes(builder, config: Config) -> None:
     errors = []
-    flags = ['train_split', 'eval_split']
-    if config.train_mode == 'baseline' and config.baseline_plateau_decay:
-        flags.append('baseline_plateau_split')
-    for flag in flags:
+    for flag in config.split_flags:
         split = getattr(config, flag)
         try:
             n = data_lib.num_examples(builder, split)
