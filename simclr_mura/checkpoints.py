@@ -6,6 +6,12 @@ checkpoint prefix, a directory holding checkpoints (its newest one is used), or 
 directory (its `variables/variables`); only model weights are loaded from it. Before loading, the
 model's variables are compared with the checkpoint's, and an architecture mismatch is reported with
 the first variable that differs instead of a restore-time shape error or a silent partial load.
+
+Resume reads back every tensor of the newest checkpoint first (TensorFlow checks each tensor's
+CRC32C as it reads): a checkpoint that does not read back (torn by a crash on a file system without
+atomic renames, or damaged on disk) is moved to `damaged_checkpoints/` and the run resumes from the
+newest one that does. A checkpoint write that fails (disk full, quota) raises `CheckpointWriteError`
+after removing its partial files, so the previous checkpoints stay the newest ones.
 """
 import dataclasses
 import os
@@ -22,8 +28,15 @@ _VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _HEAD_PREFIX = 'model/supervised_head/'
 
 
+DAMAGED_DIR = 'damaged_checkpoints'
+
+
 class CheckpointMismatchError(ConfigError):
     """`--checkpoint` holds a model with another architecture than the configured one."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A training checkpoint could not be written (e.g. disk full); its partial files are removed."""
 
 
 @dataclasses.dataclass
@@ -62,6 +75,78 @@ def make_manager(model, optimizer, model_dir: str, max_to_keep: int,
                                      optimizer=optimizer, **(extra or {}))
     manager = tf.train.CheckpointManager(checkpoint, directory=model_dir, max_to_keep=max_to_keep)
     return checkpoint, manager
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """None if every tensor of checkpoint `path` reads back (checksums included), else the problem."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+    except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ...)
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return None
+
+
+def set_aside_damaged(model_dir: str) -> Optional[str]:
+    """Moves the newest checkpoints of `model_dir` that do not read back to `damaged_checkpoints/`.
+
+    Newest first, until one reads back; the checkpoint state file is rewritten to list only the
+    remaining ones. Returns the newest complete checkpoint, or None if there is none.
+    """
+    state = tf.train.get_checkpoint_state(model_dir)
+    if state is None or not state.model_checkpoint_path:
+        return None
+    paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+    damaged = []
+    while paths:
+        problem = checkpoint_problem(paths[-1])
+        if problem is None:
+            break
+        damaged.append((paths.pop(), problem))
+    if not damaged:
+        return paths[-1]
+    aside = os.path.join(model_dir, DAMAGED_DIR)
+    tf.io.gfile.makedirs(aside)
+    for path, problem in damaged:
+        for name in tf.io.gfile.glob(path + '.*'):
+            tf.io.gfile.rename(name, os.path.join(aside, os.path.basename(name)), overwrite=True)
+        logging.warning('Checkpoint %s does not read back (%s): moved to %s; resuming from %s.', path,
+                        problem, aside, paths[-1] if paths else 'scratch (no complete checkpoint left)')
+    if paths:
+        # Relative names, as CheckpointManager writes them, so the directory can be moved.
+        tf.compat.v1.train.update_checkpoint_state(
+            model_dir, os.path.basename(paths[-1]),
+            all_model_checkpoint_paths=[os.path.basename(p) for p in paths])
+    else:
+        tf.io.gfile.remove(os.path.join(model_dir, 'checkpoint'))
+    return paths[-1] if paths else None
+
+
+def save(manager: tf.train.CheckpointManager, step: int) -> str:
+    """`manager.save(checkpoint_number=step)`; a failed write raises CheckpointWriteError.
+
+    The failed write's partial files are removed, so the checkpoint state still names the
+    previous (complete) checkpoint.
+    """
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as e:
+        prefix = os.path.join(manager.directory, f'ckpt-{step}')
+        for name in tf.io.gfile.glob(prefix + '.*') + tf.io.gfile.glob(prefix + '_temp*'):
+            if tf.io.gfile.isdir(name):
+                tf.io.gfile.rmtree(name)
+            else:
+                tf.io.gfile.remove(name)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        previous = tf.train.latest_checkpoint(manager.directory)
+        if previous and os.path.basename(previous) == os.path.basename(prefix):
+            previous = None
+        raise CheckpointWriteError(
+            f'could not write checkpoint {prefix} ({reason}); its partial files were removed and '
+            f'{"the newest complete checkpoint is " + previous if previous else "no checkpoint was written"}'
+            '; free space in --model_dir (or raise the quota) and rerun the same command to '
+            'resume') from e
 
 
 def resume(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> Optional[str]:

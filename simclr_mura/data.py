@@ -24,7 +24,9 @@ Data position on resume: tf.data distributed iterators are not checkpointable in
 (`tf.train.Checkpoint(iterator=...)` rejects them), so the position is restored by skip-ahead:
 with `deterministic=True` (a seeded, ordered stream; `train` asks for it whenever --seed is set) a
 resumed run skips the examples the finished steps consumed and continues the same example order
-(augmentation randomness differs). Without it the stream is reshuffled on restart, exactly like
+with the same augmentations: each element's augmentation seed is derived from its position in the
+pipeline's stream, (seed, position x pipelines + pipeline id), so the parallel map is a pure
+function and a resumed stream equals the uninterrupted one bit for bit. Without it the stream is reshuffled on restart, exactly like
 starting a new shuffled pass.
 """
 import dataclasses
@@ -214,8 +216,11 @@ def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndar
 
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
             color_jitter_strength: float, class_weights: Optional[np.ndarray],
-            preprocess_fn: Optional[PreprocessFn]):
-    """One example -> (image with 6 or 3 channels, targets) as described in the module docstring."""
+            preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None):
+    """One example -> (image with 6 or 3 channels, targets) as described in the module docstring.
+
+    `seed` ([2] int64, training only) fixes the augmentation; None draws one (not reproducible
+    under a parallel map)."""
     if preprocess_fn is not None:
         preprocess = functools.partial(preprocess_fn, is_training=is_training)
     else:
@@ -224,8 +229,14 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
             color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
             test_crop=image_size > 32)
     image = features['image']
+    view_seeds = [None, None]
+    if is_training and seed is not None:
+        view_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if is_training and is_pretrain:
-        image = tf.concat([preprocess(image), preprocess(image)], -1)
+        image = tf.concat([preprocess(image, seed=view_seeds[0]), preprocess(image, seed=view_seeds[1])],
+                          -1)
+    elif is_training:
+        image = preprocess(image, seed=view_seeds[0])
     else:
         image = preprocess(image)
     label = tf.cast(features['label'], tf.int32)
@@ -254,6 +265,20 @@ def _pad_to_full_batches(dataset: tf.data.Dataset, count: int, image_size: int,
                {'label': tf.one_hot(0, NUM_CLASSES), 'weight': tf.constant(0.0),
                 'key': tf.constant(PADDING_KEY, tf.int64)})
     return dataset.concatenate(tf.data.Dataset.from_tensors(element).repeat(pad))
+
+
+def _with_position_seeds(dataset: tf.data.Dataset, seed: Optional[int],
+                        input_context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """Pairs each element with the augmentation seed (seed, position x pipelines + pipeline id).
+
+    Positions count from the start of the (repeated) stream, before any resume skip, so a resumed
+    pipeline gives its elements the seeds the uninterrupted one gave them."""
+    base = tf.constant(seed or 0, tf.int64)
+    pipelines = tf.constant(input_context.num_input_pipelines, tf.int64)
+    pipeline_id = tf.constant(input_context.input_pipeline_id, tf.int64)
+    positions = tf.data.Dataset.counter(dtype=tf.int64).map(
+        lambda position: tf.stack([base, position * pipelines + pipeline_id]))
+    return tf.data.Dataset.zip((dataset, positions))
 
 
 def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_size: int, *,
@@ -312,11 +337,17 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
             dataset = dataset.shuffle(batch_size * buffer_multiplier,
                                       seed=seed if deterministic else None)
             dataset = dataset.repeat(-1)
+            if deterministic:
+                dataset = _with_position_seeds(dataset, seed, input_context)
             if deterministic and resume_step:
                 # Before the map, so skipped examples are read but never decoded or augmented.
                 dataset = dataset.skip(
                     resume_step * global_batch_size // input_context.num_input_pipelines)
-        dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        if is_training and deterministic:
+            dataset = dataset.map(lambda features, element_seed: map_fn(features, seed=element_seed),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
         if not is_training:
             dataset = _pad_to_full_batches(dataset, num_examples(builder, split), image_size,
                                            global_batch_size // input_context.num_input_pipelines)

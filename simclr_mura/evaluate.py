@@ -23,6 +23,7 @@ from absl import logging
 
 from simclr_mura import baseline
 from simclr_mura import data as data_lib
+from simclr_mura import faults
 from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
@@ -153,6 +154,7 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
         model_dir = config.model_dir
         io_util.write_text_atomic(os.path.join(model_dir, predictions_filename(config.eval_split, step)),
                                   predictions.to_csv(index=False, float_format='%.7g'))
+        faults.maybe_fail('eval', step)
         io_util.write_json_atomic(os.path.join(model_dir, f'result_{step}.json'), result)
         io_util.write_json_atomic(os.path.join(model_dir, 'result.json'), result)
         io_util.write_json_atomic(os.path.join(model_dir, 'flags.json'), config.to_dict())

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_mura import data_util
+from simclr_mura import faults
 from simclr_mura import model as model_lib
 
 NAMED_OUTPUTS = ('initial_conv', 'initial_max_pool', 'block_group1', 'block_group2', 'block_group3',
@@ -102,7 +103,8 @@ def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_ma
     (None: SimCLR's eval preprocessing); see `data.build_input_fn`.
 
     The SavedModel is written under a temporary name and renamed into place (where the file system
-    supports directory renames), so a killed export leaves no half-written `<step>` directory.
+    supports directory renames), so a killed export leaves no half-written `<step>` directory; the
+next export removes such leftovers (`.tmp-*`).
     Returns the export path.
     """
     export_dir = os.path.join(model_dir, 'saved_model')
@@ -113,7 +115,12 @@ def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_ma
     module.__call__.get_concrete_function(spec, True)
     module.__call__.get_concrete_function(spec, False)
     tf.io.gfile.makedirs(export_dir)
+    for stale in tf.io.gfile.glob(os.path.join(export_dir, '.tmp-*')):
+        # Left by an export that was killed before its rename.
+        logging.info('Removing the unfinished export %s.', stale)
+        tf.io.gfile.rmtree(stale)
     _save(module, tmp)
+    faults.maybe_fail('export', step)
     if tf.io.gfile.exists(target):
         tf.io.gfile.rmtree(target)
     try:

@@ -5,8 +5,10 @@
    line each, before anything slow happens);
 2. build the dataset from `--tfds_manual_dir` if asked, then check the split names and the batch
    sizes against the dataset and the distribution strategy;
-3. build the model under the strategy, then train and/or evaluate (+ export) as the mode says.
+3. build the model under the strategy, then train and/or evaluate (+ export) as the mode says;
+   a training run holds `model_dir`'s run lock (`run_lock.py`) from here to its end.
 """
+import contextlib
 import dataclasses
 from typing import Any, Dict, Optional
 
@@ -19,6 +21,7 @@ from simclr_mura import config as config_lib
 from simclr_mura import data as data_lib
 from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import export as export_lib
+from simclr_mura import run_lock
 from simclr_mura import schedule
 from simclr_mura import train as train_lib
 from simclr_mura.config import Config, ConfigError
@@ -151,6 +154,15 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     config_lib.validate(config, num_replicas=strategy.num_replicas_in_sync, resuming=True)
     check_strategy(config, strategy)
 
+    training = config.mode in ('train', 'train_then_eval')
+    # Only a training run writes checkpoints; an evaluator may follow it (--mode=eval).
+    lock = (run_lock.hold(config.model_dir) if training and train_lib.is_chief(strategy)
+            else contextlib.nullcontext())
+    with lock:
+        return _run_mode(config, builder, strategy)
+
+
+def _run_mode(config: Config, builder, strategy: tf.distribute.Strategy) -> RunResult:
     num_train = data_lib.num_examples(builder, config.train_split)
     train_steps = schedule.get_train_steps(num_train, config.train_batch_size, config.train_epochs,
                                            config.train_steps)

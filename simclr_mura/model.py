@@ -214,8 +214,9 @@ class Model(tf_keras.Model):
         dims = self._projection_head.hidden_dims(self.resnet_model.output_dim)
         return dims[self._projection_head.ft_proj_selector]
 
-    def call(self, inputs, training=None):
-        outputs, _ = self._forward(inputs, training, return_endpoints=False)
+    def call(self, inputs, training=None, blur_seed=None):
+        """`blur_seed` ([2] int) fixes the pretraining blur; None draws one (see data_util)."""
+        outputs, _ = self._forward(inputs, training, return_endpoints=False, blur_seed=blur_seed)
         return outputs
 
     def named_outputs(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
@@ -228,7 +229,7 @@ class Model(tf_keras.Model):
         _, endpoints = self._forward(inputs, training, return_endpoints=True)
         return endpoints
 
-    def _forward(self, inputs, training, return_endpoints: bool):
+    def _forward(self, inputs, training, return_endpoints: bool, blur_seed=None):
         training = bool(training)
         pretrain = self.train_mode == 'pretrain'
         if training and pretrain and self.fine_tune_after_block > -1:
@@ -240,7 +241,7 @@ class Model(tf_keras.Model):
                              f'(views concatenated on channels), got shape {inputs.shape}.')
         views = tf.split(inputs, channels // 3, axis=-1)
         if self.use_blur and training and pretrain:
-            views = data_util.batch_random_blur(views, self.image_size, self.image_size)
+            views = data_util.batch_random_blur(views, self.image_size, self.image_size, seed=blur_seed)
         features = tf.concat(views, 0)
 
         endpoints = self.resnet_model(features, training=training, return_endpoints=True)

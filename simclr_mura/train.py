@@ -6,7 +6,9 @@ loop of `strategy.run(single_step)` over `steps_per_loop` steps; after each loop
 checkpoint is saved. Differences: training stops at exactly `train_steps` (the last loop is
 shortened), a restarted run resumes from the newest checkpoint in `model_dir` and says so, every
 loop logs a progress line (step, loss, examples/s, ETA), and `--checkpoint` is checked against the
-model before it is loaded. The DenseNet-169 baseline (`--train_mode=baseline`, `baseline.py`) runs
+model before it is loaded. Reliability (docs/reliability.md): SIGTERM stops the loop after the step in
+progress and saves a checkpoint there (`preemption.py`); resume skips checkpoints that do not read
+back; a failed checkpoint write ends the run with one clear error. The DenseNet-169 baseline (`--train_mode=baseline`, `baseline.py`) runs
 through the same loop with its own model, loss, learning rate and an end-of-epoch plateau hook.
 """
 import os
@@ -23,9 +25,11 @@ from simclr_mura import baseline
 from simclr_mura import checkpoints
 from simclr_mura import data as data_lib
 from simclr_mura import evaluate as evaluate_lib
+from simclr_mura import faults
 from simclr_mura import lars_optimizer
 from simclr_mura import model as model_lib
 from simclr_mura import objective
+from simclr_mura import preemption
 from simclr_mura import schedule
 from simclr_mura.config import Config
 
@@ -151,10 +155,13 @@ def _make_compute_step(config: Config, model, optimizer, strategy):
     """(images, targets) -> (gradients, per-replica statistics); XLA-compiled with --jit_compile."""
     loss_scaling = isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
 
-    def compute(images, targets):
+    def compute(images, targets, blur_seed=None):
         stats = {}
         with tf.GradientTape() as tape:
-            proj, logits = model(images, training=True)
+            if blur_seed is None:
+                proj, logits = model(images, training=True)
+            else:
+                proj, logits = model(images, training=True, blur_seed=blur_seed)
             loss = tf.constant(0.0)
             if proj is not None:
                 con_loss, logits_con, labels_con = objective.add_contrastive_loss(
@@ -205,7 +212,8 @@ class Trainer:
 
     def __init__(self, config: Config, strategy: tf.distribute.Strategy, model, optimizer,
                  lr_schedule, train_steps: int, steps_per_loop: int, epoch_steps: int = 0,
-                 end_of_epoch: Optional[EpochHook] = None):
+                 end_of_epoch: Optional[EpochHook] = None,
+                 sigterm: Optional[preemption.SigtermWatch] = None):
         if end_of_epoch is not None and epoch_steps < 1:
             raise ValueError(f'end_of_epoch needs epoch_steps >= 1, got {epoch_steps}')
         self.config = config
@@ -217,17 +225,28 @@ class Trainer:
         self.steps_per_loop = steps_per_loop
         self.epoch_steps = epoch_steps
         self.end_of_epoch = end_of_epoch
+        # Read by the compiled loop before every step; set from a thread when SIGTERM arrives.
+        self.sigterm = sigterm or preemption.SigtermWatch()
         with strategy.scope():
             self.metrics = {name: tf_keras.metrics.Mean(name) for name in _metric_names(config)}
         self._compute = _make_compute_step(config, model, optimizer, strategy)
         self._train_loop = tf.function(self._multiple_steps)
         self._reported_unused = False
 
+    def _blur_seed(self, step):
+        """With --seed, the pretraining blur's seed: (seed, step x replicas + replica id), so a
+        resumed run blurs as the uninterrupted one; None (drawn statefully) otherwise."""
+        if self.config.seed is None or self.config.train_mode != 'pretrain':
+            return None
+        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
+        return tf.stack([tf.constant(self.config.seed, tf.int64),
+                         tf.cast(step, tf.int64) * self.strategy.num_replicas_in_sync + replica_id])
+
     def _single_step(self, images, targets, record_step):
         step = self.optimizer.iterations + 1
         with tf.summary.record_if(tf.equal(step, record_step)):
             tf.summary.image('image', images[..., :3], step=step)
-        grads, stats = self._compute(images, targets)
+        grads, stats = self._compute(images, targets, self._blur_seed(step))
         pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
         unused = len(grads) - len(pairs)
         if unused and not self._reported_unused:
@@ -241,16 +260,27 @@ class Trainer:
 
     def _multiple_steps(self, iterator, num_steps, record_step):
         for _ in tf.range(num_steps):
+            if self.sigterm.stop_flag.read_value():
+                break
             with tf.name_scope(''):
                 images, targets = next(iterator)
                 self.strategy.run(self._single_step, (images, targets, record_step))
 
     def run(self, iterator, manager: tf.train.CheckpointManager, writer, chief: bool) -> int:
-        """Trains from the optimizer's current step to `train_steps`; returns the final step."""
+        """Trains from the optimizer's current step to `train_steps`; returns the final step.
+
+        Raises:
+          preemption.Preempted: SIGTERM arrived; a checkpoint at the current step was saved.
+          checkpoints.CheckpointWriteError: a checkpoint could not be written.
+        """
+        with self.sigterm:
+            return self._run(iterator, manager, writer, chief)
+
+    def _run(self, iterator, manager, writer, chief: bool) -> int:
         batch = self.config.train_batch_size
         cur_step = int(self.optimizer.iterations.numpy())
         start_step, start_time = cur_step, time.time()
-        while True:
+        while not self.sigterm.requested:
             num_steps = schedule.steps_in_next_loop(cur_step, self.train_steps, self.steps_per_loop)
             if self.end_of_epoch is not None:
                 num_steps = min(num_steps, self.epoch_steps - cur_step % self.epoch_steps)
@@ -260,14 +290,23 @@ class Trainer:
             with writer.as_default():
                 self._train_loop(iterator, tf.constant(num_steps, tf.int64),
                                  tf.constant(cur_step + num_steps, tf.int64))
-            cur_step = int(self.optimizer.iterations.numpy())
+            done = int(self.optimizer.iterations.numpy()) - cur_step
+            cur_step += done
+            if not done and self.sigterm.requested:  # SIGTERM before the loop's first step.
+                break
+            faults.maybe_fail('train_step', cur_step)
             elapsed = time.time() - loop_start
             extra = {}
             if self.end_of_epoch is not None and cur_step % self.epoch_steps == 0:
                 extra = self.end_of_epoch(cur_step)
-            manager.save(checkpoint_number=cur_step)
-            self._log_loop(cur_step, num_steps, elapsed, start_step, start_time, writer, chief, batch,
-                           extra)
+            path = checkpoints.save(manager, cur_step)
+            faults.maybe_tear_checkpoint(path, cur_step)
+            self._log_loop(cur_step, done, elapsed, start_step, start_time, writer, chief, batch, extra)
+        if self.sigterm.requested:
+            path = manager.latest_checkpoint
+            if not path or not path.endswith(f'-{cur_step}'):
+                path = checkpoints.save(manager, cur_step)
+            raise preemption.Preempted(cur_step, path)
         logging.info('Training complete: step %d of %d.', cur_step, self.train_steps)
         return cur_step
 
@@ -373,6 +412,12 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
             model, optimizer, _checkpoint_dir(config, chief), config.keep_checkpoint_max,
             extra={'plateau': plateau} if plateau else None)
         latest = manager.latest_checkpoint
+        if latest and chief and checkpoints.set_aside_damaged(config.model_dir) != latest:
+            # The newest checkpoint did not read back; start over from the newest one that does.
+            checkpoint, manager = checkpoints.make_manager(
+                model, optimizer, config.model_dir, config.keep_checkpoint_max,
+                extra={'plateau': plateau} if plateau else None)
+            latest = manager.latest_checkpoint
         if latest:
             # A clear message instead of a restore-time shape error when the flags changed.
             checkpoints.check_compatible(model, latest, architecture(config),
