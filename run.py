@@ -37,8 +37,13 @@ def parse_flags(argv):
         return flags.FLAGS(argv)
     except flags.Error as e:
         message = str(e).removeprefix('ERROR:: ')
-        where = ' (on the command line or in a --flagfile)' if message.startswith('Unknown') else ''
-        _error(f'{message}{where}; see python run.py --helpfull', 2)
+        if message.startswith('Unknown command line flag'):
+            # "Unknown command line flag 'x'. Did you mean: y ?" -> say where to look, keep the hint.
+            unknown, _, hint = message.partition('. Did you mean: ')
+            message = f'{unknown} (on the command line or in a --flagfile)'
+            if hint:
+                message += f'; did you mean --{hint.rstrip(" ?")}?'
+        _error(f'{message}; see python run.py --helpfull', 2)
     except OSError as e:  # An unreadable --flagfile.
         _error(f'cannot read a flag file: {e}', 2)
     return None

@@ -3,17 +3,21 @@
   python -m tfds_mura.build --manual_dir=DIR --data_dir=DIR2 [--config=elbow] [--overwrite]
 
 DIR holds the unzipped ``MURA-v1.1/`` folder or ``MURA-v1.1.zip``. Each config is built
-once; a later run reuses it (and says so) unless ``--overwrite`` is given. Bad input ends
+once; a later run reuses it (and says so) unless ``--overwrite`` is given, which rebuilds into a
+temporary data dir and replaces the old build only when the new one is complete. Bad input ends
 with one ``error: ...`` line on stderr and exit code 1.
 """
 import dataclasses
+import os
 import sys
 import time
+import uuid
 from typing import Callable, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tfds_mura.mura import mura_dataset_builder
@@ -49,15 +53,33 @@ def build_dataset(manual_dir: Optional[str], data_dir: Optional[str], config: st
             f'(pass --overwrite to rebuild).')
     else:
         log(f'Building {name} {builder.version} from {manual_dir} into {builder.data_path}')
-        # REUSE_CACHE_IF_EXISTS regenerates the dataset; nothing is downloaded either way.
-        mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-                else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            manual_dir=manual_dir, download_mode=mode))
+        if overwrite and builder.is_prepared():
+            builder = _rebuild_then_replace(builder, manual_dir, config, data_dir)
+        else:
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     splits = {split: info.num_examples for split, info in builder.info.splits.items()}
     num_bytes = sum(info.num_bytes for info in builder.info.splits.values())
     return BuildResult(name=name, data_path=str(builder.data_path), reused=reused,
                        seconds=time.time() - start, splits=splits, num_bytes=num_bytes)
+
+
+def _rebuild_then_replace(builder, manual_dir: Optional[str], config: str, data_dir: Optional[str]):
+    """--overwrite of an existing build: builds into a temporary data dir and swaps it in only when
+    complete (TFDS's own overwrite deletes the old build first, so bad input would lose it)."""
+    old = os.fspath(builder.data_path)  # <root>/mura/<config>/<version>
+    root = os.path.dirname(os.path.dirname(os.path.dirname(old)))
+    tmp_root = os.path.join(root, f'.mura-rebuild-{uuid.uuid4().hex[:8]}')
+    try:
+        fresh = mura_dataset_builder.Builder(config=config, data_dir=tmp_root)
+        fresh.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+        aside = f'{old}.replaced-{uuid.uuid4().hex[:8]}'
+        tf.io.gfile.rename(old, aside)
+        tf.io.gfile.rename(os.fspath(fresh.data_path), old)
+        tf.io.gfile.rmtree(aside)
+    finally:
+        if tf.io.gfile.exists(tmp_root):
+            tf.io.gfile.rmtree(tmp_root)
+    return mura_dataset_builder.Builder(config=config, data_dir=data_dir)
 
 
 def format_result(result: BuildResult) -> str:

@@ -67,20 +67,22 @@ def run(flags: Sequence[str], env: Dict[str, str], cwd: str, preexec_fn=None) ->
     return Finished(proc.returncode, proc.stderr)
 
 
-def start(flags: Sequence[str], env: Dict[str, str], cwd: str) -> subprocess.Popen:
-    """Starts a run in the background (collect it with `finish`)."""
-    return subprocess.Popen([sys.executable, RUN_PY, *flags], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+def start(flags: Sequence[str], env: Dict[str, str], cwd: str, log_path: str) -> subprocess.Popen:
+    """Starts a run in the background, its stderr to `log_path` (collect it with `finish`)."""
+    with open(log_path, 'w', encoding='utf-8') as log:
+        return subprocess.Popen([sys.executable, RUN_PY, *flags], stdout=subprocess.DEVNULL,
+                                stderr=log, env=env, cwd=cwd)
 
 
-def finish(proc: subprocess.Popen) -> Finished:
+def finish(proc: subprocess.Popen, log_path: str) -> Finished:
     try:
-        _, stderr = proc.communicate(timeout=TIMEOUT)
+        proc.wait(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return Finished(proc.returncode, stderr)
+    with open(log_path, encoding='utf-8') as log:
+        return Finished(proc.returncode, log.read())
 
 
 def run_and_sigterm(flags: Sequence[str], env: Dict[str, str], cwd: str, after_line: str,

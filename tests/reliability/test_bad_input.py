@@ -62,7 +62,8 @@ def test_flagfile_with_an_unknown_flag_is_one_line_and_writes_nothing(data_dir, 
     result = runs.run([f'--flagfile={flagfile}'], runs.environment(), str(tmp_path))
     assert result.returncode == 2
     assert result.error_lines == ["run.py: error: Unknown command line flag 'train_stpes' (on the command "
-                                  'line or in a --flagfile); see python run.py --helpfull'], result.tail()
+                                  'line or in a --flagfile); did you mean --train_steps?; see python run.py '
+                                  '--helpfull'], result.tail()
     assert 'Traceback' not in result.stderr
     assert _snapshot(finished_run) == before
 
@@ -109,7 +110,7 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_last_checkpoint(data_dir,
     assert not os.path.exists(os.path.join(finished_run, 'run.lock'))
 
 
-def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset(tmp_path, capsys):
+def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset_and_a_good_one_replaces_it(tmp_path, capsys):
     """TFDS removes the old version only after the new one is complete, so bad input to
     `tfds_mura.build --overwrite` leaves the existing build as it was."""
     import tfds_mura  # pylint: disable=import-outside-toplevel
@@ -127,3 +128,9 @@ def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith('error: ') and 'header row' in err[0]
     assert _snapshot(existing) == before
+    # A good rebuild replaces it, leaving no temporary or replaced directory behind.
+    assert build.run(dummy, data_dir, ['hand'], overwrite=True) == 0
+    assert 'built in' in capsys.readouterr().out
+    assert not [name for name in os.listdir(data_dir) if name.startswith('.')]
+    assert sorted(os.listdir(existing)) == ['1.0.0']
+    assert _snapshot(existing).keys() == before.keys()

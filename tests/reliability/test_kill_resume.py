@@ -45,7 +45,7 @@ def _written_text(model_dir):
     return texts
 
 
-def test_killed_at_every_point_resumes_exactly(tmp_path_factory):
+def test_killed_at_every_point_resumes_exactly(tmp_path_factory, request):
     base = tmp_path_factory.mktemp('kill_resume')
     data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura_shared'))
     model_dir = str(base / 'run')
@@ -58,7 +58,9 @@ def test_killed_at_every_point_resumes_exactly(tmp_path_factory):
     # runs alongside the chain: on a busy machine two processes get more of the CPU than one.
     reference_dir = str(base / 'reference')
     reference = runs.start(runs.tiny_flags(data_dir, reference_dir, tiny_mura.DATASET, train_steps=TRAIN_STEPS,
-                                           checkpoint_steps=2, mode='train'), runs.environment(), cwd)
+                                           checkpoint_steps=2, mode='train'), runs.environment(), cwd,
+                           log_path=str(base / 'reference.log'))
+    request.addfinalizer(lambda: reference.poll() is None and reference.kill())
 
     a = runs.run(flags, runs.environment('train_step@4', **env), cwd)
     assert a.returncode == -signal.SIGKILL, a.tail()
@@ -114,7 +116,7 @@ def test_killed_at_every_point_resumes_exactly(tmp_path_factory):
     leaked = [p for p, data in _written_text(model_dir).items() if SECRET.encode() in data]
     assert not leaked
 
-    reference = runs.finish(reference)
+    reference = runs.finish(reference, str(base / 'reference.log'))
     assert reference.returncode == 0, reference.tail()
     expected = runs.model_weights(os.path.join(reference_dir, f'ckpt-{TRAIN_STEPS}'))
     actual = runs.model_weights(final)
