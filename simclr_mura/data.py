@@ -86,7 +86,11 @@ def ensure_prepared(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str]
     if not manual_dir:
         raise DatasetNotBuiltError(not_built_message(dataset, builder.data_dir_root))
     logging.info('Building %s from %s into %s.', dataset, manual_dir, builder.data_dir_root)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    from tfds_mura import MuraDataError  # pylint: disable=import-outside-toplevel
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except MuraDataError as e:  # Bad MURA input: one line, like every other bad setting.
+        raise DatasetNotBuiltError(f'--tfds_manual_dir={manual_dir}: ' + ' '.join(str(e).split())) from e
 
 
 def load_builder(dataset: str, data_dir: Optional[str] = None,

@@ -134,3 +134,19 @@ def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset_and_a_good_one
     assert not [name for name in os.listdir(data_dir) if name.startswith('.')]
     assert sorted(os.listdir(existing)) == ['1.0.0']
     assert _snapshot(existing).keys() == before.keys()
+
+
+def test_bad_manual_dir_given_to_run_is_one_line_and_builds_nothing(tmp_path):
+    """`run.py --tfds_manual_dir=...` builds on first use; bad MURA input there is a ConfigError line
+    (run.py: exit 2), not a traceback."""
+    empty = tmp_path / 'manual'
+    empty.mkdir()
+    data_dir = str(tmp_path / 'data')
+    config = tiny_runs.base_config(data_dir, str(tmp_path / 'run'), tfds_manual_dir=str(empty))
+    with pytest.raises(ConfigError) as info:
+        main.run(config, strategy=tiny_runs.strategy(1))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f'--tfds_manual_dir={empty}: ') and 'aimi.stanford.edu' in message
+    assert not os.path.exists(os.path.join(data_dir, 'mura', 'elbow', '1.0.0'))
+    assert not os.path.exists(tmp_path / 'run')
