@@ -54,13 +54,14 @@ def test_killed_at_every_point_resumes_exactly(tmp_path_factory, request):
     env = dict(SIMCLR_MURA_TEST_TOKEN=SECRET)
     cwd = str(base)
 
-    # The same command, never interrupted (training only; evaluation does not change weights). It
-    # runs alongside the chain: on a busy machine two processes get more of the CPU than one.
+    # The same command, never interrupted (training only; evaluation does not change weights),
+    # running alongside the chain.
     reference_dir = str(base / 'reference')
-    reference = runs.start(runs.tiny_flags(data_dir, reference_dir, tiny_mura.DATASET, train_steps=TRAIN_STEPS,
-                                           checkpoint_steps=2, mode='train'), runs.environment(), cwd,
-                           log_path=str(base / 'reference.log'))
-    request.addfinalizer(lambda: reference.poll() is None and reference.kill())
+    reference_flags = runs.tiny_flags(data_dir, reference_dir, tiny_mura.DATASET, train_steps=TRAIN_STEPS,
+                                      checkpoint_steps=2, mode='train')
+    reference_proc = runs.start(reference_flags, runs.environment(), cwd,
+                                log_path=str(base / 'reference.log'))
+    request.addfinalizer(lambda: reference_proc.poll() is None and reference_proc.kill())
 
     a = runs.run(flags, runs.environment('train_step@4', **env), cwd)
     assert a.returncode == -signal.SIGKILL, a.tail()
@@ -116,7 +117,7 @@ def test_killed_at_every_point_resumes_exactly(tmp_path_factory, request):
     leaked = [p for p, data in _written_text(model_dir).items() if SECRET.encode() in data]
     assert not leaked
 
-    reference = runs.finish(reference, str(base / 'reference.log'))
+    reference = runs.finish(reference_proc, str(base / 'reference.log'))
     assert reference.returncode == 0, reference.tail()
     expected = runs.model_weights(os.path.join(reference_dir, f'ckpt-{TRAIN_STEPS}'))
     actual = runs.model_weights(final)
