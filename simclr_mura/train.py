@@ -6,10 +6,13 @@ loop of `strategy.run(single_step)` over `steps_per_loop` steps; after each loop
 checkpoint is saved. Differences: training stops at exactly `train_steps` (the last loop is
 shortened), a restarted run resumes from the newest checkpoint in `model_dir` and says so, every
 loop logs a progress line (step, loss, examples/s, ETA), and `--checkpoint` is checked against the
-model before it is loaded. Reliability (docs/reliability.md): SIGTERM stops the loop after the step in
-progress and saves a checkpoint there (`preemption.py`); resume skips checkpoints that do not read
-back; a failed checkpoint write ends the run with one clear error. The DenseNet-169 baseline (`--train_mode=baseline`, `baseline.py`) runs
+model before it is loaded. The DenseNet-169 baseline (`--train_mode=baseline`, `baseline.py`) runs
 through the same loop with its own model, loss, learning rate and an end-of-epoch plateau hook.
+
+Reliability (docs/reliability.md): SIGTERM stops the loop after the step in progress and saves a
+checkpoint there (`preemption.py`); resume skips checkpoints that do not read back; a failed
+checkpoint write ends the run with one clear error; with --seed the pretraining blur's seed is a
+function of the step, so a resumed run repeats it exactly.
 """
 import os
 import tempfile

@@ -110,7 +110,8 @@ def test_disk_full_during_a_checkpoint_write_keeps_the_last_checkpoint(data_dir,
     assert not os.path.exists(os.path.join(finished_run, 'run.lock'))
 
 
-def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset_and_a_good_one_replaces_it(tmp_path, capsys):
+def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset_and_a_good_one_replaces_it(
+        tmp_path, capsys):
     """TFDS removes the old version only after the new one is complete, so bad input to
     `tfds_mura.build --overwrite` leaves the existing build as it was."""
     import tfds_mura  # pylint: disable=import-outside-toplevel

@@ -50,7 +50,8 @@ def test_resumed_stream_equals_the_uninterrupted_one_bit_for_bit(builder):
 def test_position_seeds_differ_between_input_pipelines_and_positions():
     def seeds(pipeline_id):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id)
-        dataset = data._with_position_seeds(tf.data.Dataset.range(3), 7, context)  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        dataset = data._with_position_seeds(tf.data.Dataset.range(3), 7, context)
         return [seed.numpy().tolist() for _, seed in dataset]
     # Pipeline p's element i gets (seed, 2i + p): no two elements anywhere share a seed.
     assert seeds(0) == [[7, 0], [7, 2], [7, 4]]

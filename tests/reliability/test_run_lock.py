@@ -18,7 +18,8 @@ pytestmark = pytest.mark.reliability
 def _write_lock(model_dir, pid, host=None):
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, run_lock.LOCK_NAME), 'w') as f:
-        json.dump({'pid': pid, 'host': host or socket.gethostname(), 'started': '2026-01-01T00:00:00+00:00'}, f)
+        json.dump({'pid': pid, 'host': host or socket.gethostname(),
+                   'started': '2026-01-01T00:00:00+00:00'}, f)
 
 
 def _dead_pid():
@@ -49,7 +50,8 @@ def test_a_live_owner_refuses_the_second_run_in_one_line(tmp_path):
         run_lock.acquire(model_dir)
     message = str(info.value)
     assert len(message.splitlines()) == 1
-    assert f'pid {os.getppid()} on host {socket.gethostname()}' in message and 'use another --model_dir' in message
+    assert f'pid {os.getppid()} on host {socket.gethostname()}' in message
+    assert 'use another --model_dir' in message
     assert run_lock.read_lock(model_dir)['pid'] == os.getppid()  # Left as it was.
 
 
@@ -66,7 +68,7 @@ def test_stale_lock_of_a_dead_pid_is_taken_over_with_a_warning(tmp_path, caplog)
     _write_lock(model_dir, dead)
     owner = run_lock.acquire(model_dir)
     assert run_lock.read_lock(model_dir) == owner and owner['pid'] == os.getpid()
-    assert any(f'stale lock' in r.getMessage() and str(dead) in r.getMessage() for r in caplog.records)
+    assert any('stale lock' in r.getMessage() and str(dead) in r.getMessage() for r in caplog.records)
     run_lock.release(model_dir, owner)
 
 
