@@ -1,7 +1,8 @@
 """Times this port's training step against a plain Keras ResNet step, interleaved in one process.
 
   python benchmarks/bench_step.py [--depth 50] [--width 1] [--image_size 224] [--batch 4]
-      [--steps 10] [--warmup 2] [--jit_compile] [--no_finetune] [--quick] [--json FILE]
+      [--steps 10] [--warmup 2] [--jit_compile] [--mixed_precision POLICY ...] [--no_finetune]
+      [--quick] [--json FILE]
   python benchmarks/bench_step.py --baseline [--image_size 224] [--batch 8] [--steps 10] [--json FILE]
 
 Variants (each one step per round, rounds alternate the order so drift and load hit all alike):
@@ -19,6 +20,9 @@ Variants (each one step per round, rounds alternate the order so drift and load 
   basic blocks stands in.
 * with --jit_compile, *_xla variants of the port (default strategy, as train.py picks) and of
   the floor are added where they compile.
+* with --mixed_precision mixed_bfloat16 / mixed_float16 (repeatable), port_pretrain_<policy>
+  runs the pretraining step with that Keras policy (mixed_float16 with loss scaling, as
+  train.py builds it); its ratio is to the same float32 keras_floor.
 
 With --baseline the DenseNet-169 baseline is timed instead (--batch counts images):
 * port_baseline: `train.Trainer`'s compiled loop with --train_mode=baseline (DenseNet-169 with the
@@ -27,7 +31,8 @@ With --baseline the DenseNet-169 baseline is timed instead (--batch counts image
   plus Dense(1), forward + backward + Adam on the same images, in a tf.function without XLA.
 
 The headline `ratio` is the median over rounds of port_pretrain (port_baseline) time / keras_floor
-time in the same round.
+time in the same round. `cpu_ratio` is the same with process CPU seconds, which other processes
+on a busy machine disturb less than wall time.
 """
 import argparse
 import json
@@ -69,6 +74,9 @@ class Variant:
         self.step = step
         self.note = note
         self.times: List[float] = []
+        # Process CPU seconds (all threads) per step: the work done, which other processes on a
+        # busy machine disturb far less than the wall time.
+        self.cpu_times: List[float] = []
         self.error: Optional[str] = None
 
 
@@ -82,8 +90,10 @@ def _port_inputs(images_per_replica: int, image_size: int, channels: int, seed: 
     return images, targets
 
 
-def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy) -> Variant:
-    """A Variant running `train.Trainer`'s compiled loop for one step per call."""
+def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy,
+                 return_trainer: bool = False):
+    """A Variant running `train.Trainer`'s compiled loop for one step per call (and the Trainer,
+    with `return_trainer`)."""
     pretrain = config.train_mode == 'pretrain'
     config_lib.validate(config.replace(model_dir='unused'), num_replicas=strategy.num_replicas_in_sync)
     with strategy.scope():
@@ -113,8 +123,10 @@ def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy) ->
 
     images = config.train_batch_size * (2 if pretrain else 1)
     note = (f'{config.train_mode}, {type(strategy).__name__} x{strategy.num_replicas_in_sync}, '
-            f'{config.optimizer}, {"XLA compute" if config.jit_compile else "no XLA"}')
-    return Variant(name, images, step, note)
+            f'{config.optimizer}, {"XLA compute" if config.jit_compile else "no XLA"}'
+            f'{"" if config.mixed_precision == "none" else ", " + config.mixed_precision}')
+    variant = Variant(name, images, step, note)
+    return (variant, trainer) if return_trainer else variant
 
 
 def _basic_resnet(depth: int, image_size: int) -> tf_keras.Model:
@@ -220,7 +232,22 @@ def build_variants(args) -> List[Variant]:
         variants.append(port_variant('port_pretrain_xla', xla, xla_strategy))
         variants.append(floor_variant('keras_floor_xla', args.depth, args.image_size, images,
                                       jit_compile=True))
+    for policy in args.mixed_precision:
+        variants.append(policy_variant(base.replace(mixed_precision=policy), strategy))
     return variants
+
+
+def policy_variant(config: Config, strategy: tf.distribute.Strategy) -> Variant:
+    """The pretraining step with a Keras mixed-precision policy (float32 variables, 16-bit compute).
+
+    The policy is process-wide in Keras and read when layers are made, so it is set only while
+    this variant's model is built; the other variants keep float32.
+    """
+    train_lib.configure_runtime(config)
+    try:
+        return port_variant(f'port_pretrain_{config.mixed_precision}', config, strategy)
+    finally:
+        tf_keras.mixed_precision.set_global_policy('float32')
 
 
 def run_rounds(variants: List[Variant], rounds: int, warmup: int) -> None:
@@ -230,7 +257,7 @@ def run_rounds(variants: List[Variant], rounds: int, warmup: int) -> None:
         for variant in order:
             if variant.error:
                 continue
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 loss = variant.step()
             except (tf.errors.OpError, ValueError, TypeError, NotImplementedError) as e:
@@ -239,21 +266,23 @@ def run_rounds(variants: List[Variant], rounds: int, warmup: int) -> None:
                 print(f'  {variant.name}: failed, left out ({variant.error})', flush=True)
                 continue
             seconds = time.perf_counter() - start
+            cpu_seconds = time.process_time() - cpu_start
             if r >= warmup:
                 variant.times.append(seconds)
+                variant.cpu_times.append(cpu_seconds)
             print(f'  round {r + 1}/{warmup + rounds}{" (warm-up)" if r < warmup else ""} '
                   f'{variant.name}: {seconds:.3f} s, loss {loss:.4f}', flush=True)
 
 
-def _pairwise(times: List[float], floor: Variant, prefix: str) -> dict:
+def _pairwise(times: List[float], floor_times: List[float], prefix: str) -> dict:
     # Both lists start at the first timed round, so index i is the same round in both.
-    n = min(len(times), len(floor.times))
-    if not n or floor.error:
+    n = min(len(times), len(floor_times))
+    if not n:
         return {}
-    ratios = np.array(times[:n]) / np.array(floor.times[:n])
+    ratios = np.array(times[:n]) / np.array(floor_times[:n])
     return {prefix: float(np.median(ratios)), f'{prefix}_min': float(ratios.min()),
             f'{prefix}_max': float(ratios.max()),
-            f'{prefix}_of_medians': float(np.median(times) / np.median(floor.times)),
+            f'{prefix}_of_medians': float(np.median(times) / np.median(floor_times)),
             f'{prefix}_pairwise': [round(float(x), 4) for x in ratios]}
 
 
@@ -270,10 +299,16 @@ def summarise(variants: List[Variant]) -> Dict[str, dict]:
         row = {'median_s': float(np.median(times)), 'p10_s': float(np.percentile(times, 10)),
                'p90_s': float(np.percentile(times, 90)), 'images_per_step': v.images_per_step,
                'images_per_s': float(v.images_per_step / np.median(times)),
-               'times_s': [round(t, 4) for t in v.times], 'note': v.note}
-        row.update(_pairwise(v.times, by_name['keras_floor'], 'ratio_to_floor'))
-        if v.name.endswith('_xla') and 'keras_floor_xla' in by_name:
-            row.update(_pairwise(v.times, by_name['keras_floor_xla'], 'ratio_to_xla_floor'))
+               'times_s': [round(t, 4) for t in v.times],
+               'cpu_median_s': float(np.median(v.cpu_times)),
+               'cpu_times_s': [round(t, 4) for t in v.cpu_times], 'note': v.note}
+        floor = by_name['keras_floor']
+        if not floor.error:
+            row.update(_pairwise(v.times, floor.times, 'ratio_to_floor'))
+            row.update(_pairwise(v.cpu_times, floor.cpu_times, 'cpu_ratio_to_floor'))
+        xla_floor = by_name.get('keras_floor_xla')
+        if v.name.endswith('_xla') and xla_floor is not None and not xla_floor.error:
+            row.update(_pairwise(v.times, xla_floor.times, 'ratio_to_xla_floor'))
         results[v.name] = row
     return results
 
@@ -291,18 +326,19 @@ def machine_info() -> dict:
 def print_table(results: Dict[str, dict], header: str) -> None:
     """The results as a fixed-width table."""
     print(header)
-    print(f'  {"name":<18}{"median s":>10}{"p10 / p90 s":>18}{"images/s":>10}'
-          f'{"ratio":>8}{"pairwise min-max":>18}')
+    print(f'  {"name":<30}{"median s":>9}{"p10 / p90 s":>16}{"images/s":>9}'
+          f'{"ratio":>7}{"pairwise min-max":>17}{"CPU s":>7}{"CPU ratio":>10}')
     for name, row in results.items():
         if 'error' in row:
-            print(f'  {name:<18}  not run: {row["error"]}')
+            print(f'  {name:<30}  not run: {row["error"]}')
             continue
         spread = f'{row["p10_s"]:.3f} / {row["p90_s"]:.3f}'
         ratio = f'{row["ratio_to_floor"]:.2f}x' if 'ratio_to_floor' in row else '-'
         pair_range = (f'{row["ratio_to_floor_min"]:.2f}-{row["ratio_to_floor_max"]:.2f}'
                       if 'ratio_to_floor' in row else '-')
-        print(f'  {name:<18}{row["median_s"]:>10.3f}{spread:>18}{row["images_per_s"]:>10.1f}'
-              f'{ratio:>8}{pair_range:>18}')
+        cpu_ratio = f'{row["cpu_ratio_to_floor"]:.2f}x' if 'cpu_ratio_to_floor' in row else '-'
+        print(f'  {name:<30}{row["median_s"]:>9.3f}{spread:>16}{row["images_per_s"]:>9.1f}'
+              f'{ratio:>7}{pair_range:>17}{row["cpu_median_s"]:>7.2f}{cpu_ratio:>10}')
     for name, row in results.items():
         if 'ratio_to_xla_floor' in row and name != 'keras_floor_xla':
             print(f'  {name} / keras_floor_xla: {row["ratio_to_xla_floor"]:.2f}x '
@@ -325,6 +361,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='untimed rounds first (>= 1 keeps tracing out of the timings)')
     parser.add_argument('--jit_compile', action='store_true', help='add XLA variants')
     parser.add_argument('--no_finetune', action='store_true', help='leave out port_finetune')
+    parser.add_argument('--mixed_precision', action='append', default=[],
+                        choices=[p for p in config_lib.MIXED_PRECISION_POLICIES if p != 'none'],
+                        help='add a pretraining variant with this Keras policy (repeatable)')
     parser.add_argument('--quick', action='store_true', help='ResNet-18 at 64 px, 5 steps')
     parser.add_argument('--baseline', action='store_true',
                         help='time the DenseNet-169 baseline step instead of SimCLR (--depth is unused)')
@@ -338,9 +377,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     problems = [f'--{k}={getattr(args, k)} must be >= {m}' for k, m in
                 (('batch', 1), ('steps', 1), ('warmup', 1), ('image_size', 32), ('width', 1))
                 if getattr(args, k) < m]
-    if args.baseline and (args.jit_compile or args.width != 1):
-        problems.append('--baseline times the DenseNet-169 baseline without XLA at width 1; '
-                        'leave out --jit_compile and --width')
+    if args.baseline and (args.jit_compile or args.width != 1 or args.mixed_precision):
+        problems.append('--baseline times the DenseNet-169 baseline without XLA at width 1 in '
+                        'float32; leave out --jit_compile, --width and --mixed_precision')
     if args.depth not in KERAS_APPS and args.depth not in BASIC_BLOCKS:
         problems.append(f'--depth={args.depth} has no Keras floor; use one of '
                         f'{sorted([*BASIC_BLOCKS, *KERAS_APPS])}')
@@ -377,8 +416,10 @@ def main(argv=None) -> int:
         'ratio': headline.get('ratio_to_floor'),
         'ratio_range': [headline.get('ratio_to_floor_min'), headline.get('ratio_to_floor_max')],
         'ratio_of_medians': headline.get('ratio_to_floor_of_medians'),
+        'cpu_ratio': headline.get('cpu_ratio_to_floor'),
         'settings': {k: getattr(args, k) for k in ('depth', 'width', 'image_size', 'batch', 'steps',
-                                                   'warmup', 'jit_compile', 'quick', 'baseline')},
+                                                   'warmup', 'jit_compile', 'mixed_precision',
+                                                   'quick', 'baseline')},
         'input': 'fixed in-memory batch (tf.data from_tensors().repeat()) through the training '
                  "loop's distribute_datasets_from_function; TFDS reading and augmentation excluded",
         'results': results, 'machine': machine}

@@ -87,13 +87,17 @@ class LARSOptimizer(tf_keras.optimizers.legacy.Optimizer):
             self.add_slot(var, 'Momentum')
 
     def _trust_ratio(self, w, u, dtype):
-        """eeta * |w| / |u| when both norms are positive, else 1."""
-        w_norm = tf.norm(w, ord=2)
-        u_norm = tf.norm(u, ord=2)
-        one = tf.ones([], dtype)
-        ratio = tf.math.divide_no_nan(tf.cast(self.eeta, dtype) * w_norm, u_norm)
-        return tf.where(tf.greater(w_norm, 0),
-                        tf.where(tf.greater(u_norm, 0), ratio, one), one)
+        """eeta * |w| / |u| when both norms are positive, else 1.
+
+        Each squared norm is one L2Loss kernel (sum(x^2) / 2 in a single pass); tf.norm would
+        first write x*x to a temporary as large as the variable, twice per variable and step.
+        """
+        w_squared = tf.raw_ops.L2Loss(t=w)
+        u_squared = tf.raw_ops.L2Loss(t=u)
+        both_positive = tf.logical_and(tf.greater(w_squared, 0), tf.greater(u_squared, 0))
+        # The halves cancel in the quotient; where a norm is 0 the quotient is unused.
+        ratio = tf.cast(self.eeta, dtype) * tf.sqrt(tf.math.divide_no_nan(w_squared, u_squared))
+        return tf.where(both_positive, ratio, tf.ones([], dtype))
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
         if grad is None or var is None:

@@ -241,7 +241,13 @@ class Model(tf_keras.Model):
                              f'(views concatenated on channels), got shape {inputs.shape}.')
         views = tf.split(inputs, channels // 3, axis=-1)
         if self.use_blur and training and pretrain:
-            views = data_util.batch_random_blur(views, self.image_size, self.image_size, seed=blur_seed)
+            # In float32 whatever the compute dtype: under mixed_bfloat16 TensorFlow's CPU
+            # depthwise convolution in bfloat16 takes minutes per 224 px batch, and an
+            # augmentation has no reason to lose precision. (No-op casts in float32.)
+            dtype = views[0].dtype
+            views = data_util.batch_random_blur([tf.cast(v, tf.float32) for v in views],
+                                                self.image_size, self.image_size, seed=blur_seed)
+            views = [tf.cast(v, dtype) for v in views]
         features = tf.concat(views, 0)
 
         endpoints = self.resnet_model(features, training=training, return_endpoints=True)

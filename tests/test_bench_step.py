@@ -19,7 +19,8 @@ def _run(args):
 def test_tiny_run_prints_table_and_writes_consistent_json(tmp_path):
     out = tmp_path / 'bench.json'
     proc = _run(['--depth', '18', '--image_size', '32', '--batch', '1', '--steps', '2',
-                 '--warmup', '1', '--no_finetune', '--json', str(out)])
+                 '--warmup', '1', '--no_finetune', '--mixed_precision', 'mixed_bfloat16',
+                 '--json', str(out)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert 'port_pretrain' in proc.stdout and 'keras_floor' in proc.stdout
     result = json.loads(out.read_text())
@@ -30,6 +31,13 @@ def test_tiny_run_prints_table_and_writes_consistent_json(tmp_path):
     assert np.isclose(result['ratio'], np.median(pairwise), rtol=1e-3)
     assert result['ratio_range'] == [port['ratio_to_floor_min'], port['ratio_to_floor_max']]
     assert 'MirroredStrategy' in port['note']
+    cpu_pairwise = np.array(port['cpu_times_s']) / np.array(floor['cpu_times_s'])
+    assert np.isclose(result['cpu_ratio'], np.median(cpu_pairwise), rtol=1e-3)
+    bf16 = result['results']['port_pretrain_mixed_bfloat16']
+    assert len(bf16['times_s']) == 2 and bf16['note'].endswith('mixed_bfloat16')
+    assert np.isclose(bf16['ratio_to_floor'],
+                      np.median(np.array(bf16['times_s']) / np.array(floor['times_s'])), rtol=1e-3)
+    assert result['settings']['mixed_precision'] == ['mixed_bfloat16']
     assert result['machine']['cpu_count'] == os.cpu_count()
     assert result['machine']['tensorflow']
 
@@ -46,3 +54,8 @@ def test_baseline_mode_arguments():
     assert proc.returncode == 2
     assert '--steps=0 must be >= 1' in proc.stderr
     assert '--baseline times the DenseNet-169 baseline without XLA' in proc.stderr
+    proc = _run(['--baseline', '--mixed_precision', 'mixed_float16'])
+    assert proc.returncode == 2
+    assert 'leave out --jit_compile, --width and --mixed_precision' in proc.stderr
+    proc = _run(['--mixed_precision', 'float16'])
+    assert proc.returncode == 2 and "invalid choice: 'float16'" in proc.stderr

@@ -215,3 +215,23 @@ def test_parameter_count_with_seven_classes_is_exact(r50_seven_classes):
     assert model.supervised_head_input_dim() == 2048
 
 
+
+
+def _depthwise_conv_dtypes(graph):
+    """The dtypes of every depthwise convolution in a graph, cond/while branches included."""
+    graph_def = graph.as_graph_def()
+    nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+    return {tf.as_dtype(n.attr['T'].type) for n in nodes if n.op == 'DepthwiseConv2dNative'}
+
+
+def test_blur_runs_in_float32_under_mixed_bfloat16():
+    # bfloat16 depthwise convolutions take minutes per 224 px batch on CPU.
+    tf_keras.mixed_precision.set_global_policy('mixed_bfloat16')
+    try:
+        model = model_lib.Model(2, resnet_depth=18, image_size=32)
+        forward = tf.function(lambda x: model(x, training=True)[0])
+        graph = forward.get_concrete_function(tf.TensorSpec([2, 32, 32, 6], tf.float32)).graph
+    finally:
+        tf_keras.mixed_precision.set_global_policy('float32')
+    assert _depthwise_conv_dtypes(graph) == {tf.float32}
+    assert model.resnet_model.compute_dtype == 'bfloat16'

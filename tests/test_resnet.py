@@ -94,10 +94,55 @@ def test_batch_norm_settings_come_from_arguments():
                     global_bn=False)
     bns = _batch_norms(net)
     assert len(bns) == 1 + 8 * 2 + 4  # stem, two per block, one per group shortcut
-    assert {(bn.momentum, bn.epsilon, bn.synchronized) for bn in bns} == {(0.8, 1e-3, False)}
-    default, _ = _build(resnet_depth=18)
-    assert {(bn.momentum, bn.epsilon, bn.synchronized) for bn in _batch_norms(default)} == {
-        (0.9, 1e-5, True)}
+    assert {(bn.momentum, bn.epsilon, bn.synchronized, bn.fused) for bn in bns} == {
+        (0.8, 1e-3, False, True)}
+    with _two_replica_strategy().scope():
+        synced, _ = _build(resnet_depth=18)
+    assert {(bn.momentum, bn.epsilon, bn.synchronized, bn.fused) for bn in _batch_norms(synced)} == {
+        (0.9, 1e-5, True, False)}
+
+
+def test_global_bn_with_one_replica_is_the_fused_kernel():
+    # One replica: the global batch is the local one, so the cheaper fused kernel stands in.
+    with tf.distribute.MirroredStrategy(['/cpu:0']).scope():
+        net, _ = _build(resnet_depth=18)
+    assert {(bn.synchronized, bn.fused) for bn in _batch_norms(net)} == {(False, True)}
+
+
+def test_fused_batch_norm_matches_synchronized_one_on_one_replica():
+    """Same outputs, gradients and moving statistics as the synchronised BN it replaces."""
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0'])
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(2.0, 3.0, (4, 5, 5, 8)).astype(np.float32))
+    upstream = tf.constant(rng.normal(size=(4, 5, 5, 8)).astype(np.float32))
+    with strategy.scope():
+        fused = resnet.make_batch_norm(resnet.BatchNormConfig(global_bn=True))
+        synced = tf_keras.layers.BatchNormalization(synchronized=True, momentum=0.9, epsilon=1e-5)
+        for layer in (fused, synced):
+            layer.build(x.shape)
+            layer.gamma.assign(rng.uniform(0.5, 1.5, 8).astype(np.float32))
+            layer.beta.assign(rng.normal(size=8).astype(np.float32))
+        synced.set_weights(fused.get_weights())
+
+    def step(layer):
+        def replica_fn():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+                loss = tf.reduce_sum(y * upstream)
+            return (y,) + tuple(tape.gradient(loss, [x, layer.gamma, layer.beta]))
+        outputs = tf.function(lambda: strategy.run(replica_fn))()
+        return [strategy.experimental_local_results(t)[0].numpy() for t in outputs]
+
+    results = {name: step(layer) for name, layer in (('fused', fused), ('synced', synced))}
+    assert fused.fused and not synced.fused
+    for got, want in zip(results['fused'], results['synced']):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), synced.moving_mean.numpy(), rtol=1e-5)
+    # Biased batch variance in the moving average (the fused kernel's Bessel correction removed).
+    np.testing.assert_allclose(fused.moving_variance.numpy(), synced.moving_variance.numpy(),
+                               rtol=1e-5)
+    assert not np.allclose(fused.moving_variance.numpy(), 1.0)
 
 
 def test_bottleneck_list_keeps_the_original_dropblock_slots(r50, r50_sk):
