@@ -156,6 +156,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
                                            config.train_steps)
     num_classes = builder.info.features['label'].num_classes
     class_weights, weight_info = _class_weights(config, builder)
+    weight_info['num_train_examples'] = num_train  # The report's "labelled training images".
     with strategy.scope():
         model = train_lib.build_model(config, num_classes)
 
