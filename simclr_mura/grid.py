@@ -87,10 +87,10 @@ def plan(parts: Sequence[str], preset: str, data_dir: str, model_root: str) -> L
     if unknown or not parts:
         raise ValueError(f'--parts={",".join(parts)}: choose body parts from {", ".join(PARTS)}')
     runs = [r for part in parts for r in _part_runs(part, preset, data_dir, model_root)]
-    missing = sorted({r.flagfile for r in runs if not os.path.exists(r.flagfile)})
+    missing = [r.flagfile for r in runs if not os.path.exists(r.flagfile)]
     if missing:
-        raise ValueError(f'no flagfile {missing[0]} (preset {preset} has none for this part); '
-                         f'write it or pick other --parts')
+        raise ValueError(f'no flagfile {missing[0]} ({len(set(missing))} flagfile(s) of preset {preset} '
+                         'missing for these parts); write them or pick other --parts')
     return runs
 
 
