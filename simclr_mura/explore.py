@@ -149,7 +149,7 @@ def write_explore(data_dir: str, out: str, dataset: Optional[str] = None) -> pd.
     for dataset_name in datasets:
         for part in sorted(images.loc[images['dataset'] == dataset_name, 'body_part'].unique()):
             samples = _sample_images(data_dir, dataset_name, part)
-            examples = [(sid.decode('utf-8').split('/', 1)[-1], image, label, None)
+            examples = [(' '.join(sid.decode('utf-8').split('/')[-2:]), image, label, None)
                         for sid, image, label in samples]
             written.append(html_page.Figure(f'Sample images, {part}', figures.gallery(
                 examples, f'Sample training images, {part}: normal (first row), abnormal (second row)',

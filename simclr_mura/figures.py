@@ -120,6 +120,11 @@ def training_curves(series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
                 ax.plot(steps, found, marker='.', label=run)
         ax.set_xlabel('training step')
         ax.set_ylabel(kind)
+        lines = [line.get_ydata() for line in ax.get_lines()]
+        positive = np.concatenate(lines) if lines else np.array([])
+        positive = positive[positive > 0]
+        if kind == 'loss' and len(positive) and positive.max() > 20 * positive.min():
+            ax.set_yscale('log')  # Pretraining's contrastive loss dwarfs the classifiers' otherwise.
         ax.set_title(kind)
         ax.grid(alpha=0.3)
     axes[0].set_title('loss (contrastive + head for pretraining)')

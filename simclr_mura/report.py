@@ -13,7 +13,6 @@ elsewhere and copied back. Writes to `R`:
 - `index.html`: the table and every figure on one page (with the data exploration of
   `simclr_mura.explore` when it was written to the same folder).
 """
-import glob
 import json
 import math
 import os
@@ -25,6 +24,7 @@ import pandas as pd
 import tensorflow as tf
 from absl import app
 from absl import flags
+from tensorflow.core.util import event_pb2
 
 from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import figures
@@ -184,8 +184,9 @@ def _with_ci(row, name: str) -> str:
     low, high = row[f'{name} CI low'], row[f'{name} CI high']
     if math.isnan(row[name]):
         return '-'
-    ci = '' if math.isnan(low) else f' [{low:.2f}, {high:.2f}]'
-    return f'{row[name]:.3f}{ci}'
+    # round() + 0.0 turns a rounded -0.0 into 0.0.
+    ci = '' if math.isnan(low) else f' [{round(low, 2) + 0.0:.2f}, {round(high, 2) + 0.0:.2f}]'
+    return f'{round(row[name], 3) + 0.0:.3f}{ci}'
 
 
 def markdown_tables(table: pd.DataFrame) -> Dict[str, List[List[str]]]:
@@ -225,9 +226,10 @@ def to_markdown(table: pd.DataFrame) -> str:
 def _scalar_series(run_dir: str) -> Dict[str, Dict[int, float]]:
     """tag -> {step: value} from the run's TensorBoard event files (last value of a step wins)."""
     series: Dict[str, Dict[int, float]] = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, 'events.out.tfevents.*'))):
+    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, 'events.out.tfevents.*'))):
         try:
-            for event in tf.compat.v1.train.summary_iterator(path):
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
                 for value in event.summary.value:
                     if value.HasField('tensor'):
                         number = tf.make_ndarray(value.tensor)
@@ -280,6 +282,14 @@ def _load_images(dataset: str, data_dir: Optional[str], split: str, image_ids) -
     return images
 
 
+def short_image_name(image_id: str) -> str:
+    """'valid/XR_ELBOW/patient11186/study1_positive/image2.png' -> 'patient11186 study1 image2'."""
+    pieces = image_id.split('/')[-3:]
+    pieces[-2] = pieces[-2].split('_')[0] if len(pieces) > 1 else pieces[-2]
+    pieces[-1] = os.path.splitext(pieces[-1])[0]
+    return ' '.join(pieces)
+
+
 def confident_examples(predictions: pd.DataFrame, per_kind: int = 4) -> pd.DataFrame:
     """The `per_kind` most confident right and most confident wrong image predictions, with a
     'kind' column ('correct' / 'wrong'), most confident first."""
@@ -319,7 +329,7 @@ def write_gallery(runs: List[Run], part: str, figure_dir: str,
         return html_page.Figure(title, None, f'Gallery skipped: the images of {run.settings.get("dataset")} '
                                 f'were not found in {source} ({type(e).__name__}: {str(e)[:200]}). '
                                 'Pass --data_dir to show them.')
-    examples = [(f'{row.kind}: {row.image_id.split("/", 1)[-1]}', images[row.image_id], int(row.label),
+    examples = [(f'{row.kind}: {short_image_name(row.image_id)}', images[row.image_id], int(row.label),
                  float(row.probability)) for row in chosen.itertuples() if row.image_id in images]
     path = figures.gallery(examples, f'{title} ({run.label}, {run.name})',
                            os.path.join(figure_dir, f'gallery_{part}.png'))
