@@ -73,9 +73,9 @@ def roc_curves(curves: Sequence[Tuple[str, str, pd.DataFrame]], part: str, path:
         if 0 < y.sum() < len(y):
             fpr, tpr, _ = skm.roc_curve(y, studies['probability'].to_numpy(dtype=float))
             auroc = skm.roc_auc_score(y, studies['probability'].to_numpy(dtype=float))
-            color, line, _ = METHOD_STYLE.get(method, DEFAULT_STYLE)
-            ax.plot(fpr, tpr, linestyle=line, label=f'{label} (AUROC {auroc:.2f})',
-                    alpha=0.85, color=None if method == FINETUNE else color)
+            # Colour per run (label fractions apart), line style per method.
+            _, line, _ = METHOD_STYLE.get(method, DEFAULT_STYLE)
+            ax.plot(fpr, tpr, linestyle=line, label=f'{label} (AUROC {auroc:.2f})', alpha=0.85)
     ax.plot([0, 1], [0, 1], color='black', linewidth=0.7, alpha=0.5, label='chance')
     ax.set_xlabel('false positive rate (1 - specificity)')
     ax.set_ylabel('true positive rate (sensitivity)')
@@ -129,9 +129,11 @@ def training_curves(series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
         ax.grid(alpha=0.3)
     axes[0].set_title('loss (contrastive + head for pretraining)')
     axes[1].set_title('training accuracy (contrastive for pretraining)')
-    axes[0].legend(fontsize=7, loc='best')
+    handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(f'Training curves, {part} (from the runs\' TensorBoard summaries)')
     fig.tight_layout()
+    # Below the panels, where it hides no curve.
+    fig.legend(handles, labels, loc='upper center', bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8)
     return save(fig, path)
 
 
@@ -162,6 +164,8 @@ def bar_counts(table: pd.DataFrame, title: str, path: str, ylabel: str = 'images
     """Grouped bars: index = groups on the x axis, columns = bars within a group."""
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(table.index) + 3), 4))
     table.plot.bar(ax=ax, rot=0)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # Room for the legend above the bars.
+    ax.legend(loc='upper right', fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis='y', alpha=0.3)

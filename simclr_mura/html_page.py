@@ -8,6 +8,7 @@ only its own section. Figures are referenced by paths relative to the folder.
 import dataclasses
 import html
 import os
+import re
 from typing import Dict, List, Optional, Sequence
 
 import tensorflow as tf
@@ -22,9 +23,9 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2e
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 th { background: #eef; }
-td:nth-child(-n+3) { text-align: left; }
+td.num { text-align: right; }
 tr:nth-child(even) td { background: #f7f7f7; }
 figure { margin: 1.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
@@ -48,9 +49,15 @@ def table_html(rows: Sequence[Sequence[str]]) -> str:
     if not rows:
         return '<p>(no rows)</p>'
     head = ''.join(f'<th>{html.escape(str(c))}</th>' for c in rows[0])
-    body = ''.join('<tr>' + ''.join(f'<td>{html.escape(str(c))}</td>' for c in row) + '</tr>'
-                   for row in rows[1:])
+    body = ''.join('<tr>' + ''.join(_cell(c) for c in row) + '</tr>' for row in rows[1:])
     return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _cell(value) -> str:
+    """A table cell; text left-aligned, numbers (and '-', '0.5 [0.4, 0.6]', '0.8/0.5/0.3') right."""
+    text = str(value)
+    numeric = re.fullmatch(r'[-+0-9.%/\[\], ]+', text) is not None
+    return f'<td class="num">{html.escape(text)}</td>' if numeric else f'<td>{html.escape(text)}</td>'
 
 
 def figure_html(figure: Figure, out_dir: str) -> str:
