@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
 # simclr-mura experiment driver.
 #
-#   bash run.sh demo            synthetic MURA -> TFDS build -> SimCLR pretrain -> fine-tune at 1/10/100%
-#                               -> DenseNet-169 baseline at 1/10/100% -> results table
+#   bash run.sh demo            synthetic MURA (one body part) -> TFDS build -> grid --preset demo for that
+#                               part -> report + data exploration in WORK_DIR/report (prints index.html)
+#   bash run.sh grid [--parts elbow,hand,shoulder] [--preset demo|gpu] [--data_dir D] [--model_root M]
+#                               per part: SimCLR pretrain, fine-tune 1/10/100%, linear eval, DenseNet-169
+#                               baseline 1/10/100%, all evaluated on test; finished runs are skipped and
+#                               unfinished ones resumed (defaults: --preset gpu, WORK_DIR/tfds, WORK_DIR/grid;
+#                               --dry_run lists the runs)
+#   bash run.sh report [--model_root M] [--out R]   tables, figures and index.html of finished runs
 #   bash run.sh test            install the test extra and run the whole test suite
 #   bash run.sh synth [ARGS]    write a synthetic MURA-v1.1 tree (python -m tfds_mura.synthetic)
 #   bash run.sh build [ARGS]    build the `mura` TFDS dataset from a MURA-v1.1 folder or zip
 #
 # Without an active virtualenv, a local one is created in .venv and the package installed into it
 # (re-installed only when setup.py changes). Settings come from the environment:
-#   WORK_DIR   where demo/synth/build write           (default: ./work_dirs)
-#   SCALE      synthetic scale for demo/synth         (default: 0.02, about 800 images)
-#   PYTHON     interpreter used to create .venv        (default: python3, must be >= 3.11)
+#   WORK_DIR       where demo/synth/build/grid write            (default: ./work_dirs)
+#   SCALE          synthetic scale for synth                    (default: 0.02, about 800 images)
+#   DEMO_PART      the demo's body part                         (default: shoulder)
+#   DEMO_SCALE     the demo's synthetic scale of that part      (default: 0.25, about 2,200 images)
+#   SIGN_STRENGTH  how visible the demo's abnormal signs are    (default: 3; 1 = the usual synthetic data)
+#   PYTHON         interpreter used to create .venv             (default: python3, must be >= 3.11)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 WORK_DIR="${WORK_DIR:-$ROOT/work_dirs}"
 SCALE="${SCALE:-0.02}"
+DEMO_PART="${DEMO_PART:-shoulder}"
+DEMO_SCALE="${DEMO_SCALE:-0.25}"
+SIGN_STRENGTH="${SIGN_STRENGTH:-3}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -71,24 +83,41 @@ cmd_build() {
 
 cmd_demo() {
   ensure_env test
-  if [[ -f "$WORK_DIR/manual/MURA-v1.1/train_image_paths.csv" ]]; then
-    say "reusing synthetic MURA in $WORK_DIR/manual"
+  local manual="$WORK_DIR/manual" data="$WORK_DIR/tfds" runs="$WORK_DIR/runs" out="$WORK_DIR/report"
+  local settings="part=$DEMO_PART scale=$DEMO_SCALE sign_strength=$SIGN_STRENGTH seed=0"
+  if [[ -f "$manual/MURA-v1.1/train_image_paths.csv" && "$(cat "$manual/.demo_settings" 2>/dev/null)" == "$settings" ]]; then
+    say "reusing synthetic MURA in $manual ($settings)"
   else
-    cmd_synth --out "$WORK_DIR/manual" --scale "$SCALE" --seed 0
+    [[ -d "$manual/MURA-v1.1" ]] && say "$manual/MURA-v1.1 was not written by this demo's settings ($settings); replacing it"
+    cmd_synth --out "$manual" --scale "$DEMO_SCALE" --parts "$DEMO_PART" --seed 0 \
+      --sign_strength "$SIGN_STRENGTH" --overwrite
+    echo "$settings" > "$manual/.demo_settings"
+    # The builder would reuse a dataset built from an older tree, and the grid would skip runs
+    # finished on it: rebuild the demo's dataset and keep older demo runs aside.
+    rm -rf "$data/mura/$DEMO_PART"
+    if [[ -d "$runs" ]]; then
+      mv "$runs" "$runs.old-$(date +%Y%m%d-%H%M%S)"
+      say "older demo runs moved to $runs.old-*"
+    fi
   fi
-  cmd_build --manual_dir "$WORK_DIR/manual" --data_dir "$WORK_DIR/tfds"
-  local runs="$WORK_DIR/runs"
-  # The flagfiles name work_dirs/ paths; the overrides keep WORK_DIR working.
-  local experiment args
-  for experiment in demo_pretrain demo_finetune_1pct demo_finetune_10pct demo_finetune_100pct \
-      demo_baseline_1pct demo_baseline_10pct demo_baseline_100pct; do
-    args=(--flagfile="flags/$experiment.cfg" --data_dir="$WORK_DIR/tfds" --model_dir="$runs/$experiment")
-    [[ $experiment == demo_finetune_* ]] && args+=(--checkpoint="$runs/demo_pretrain")
-    say "$experiment: python run.py ${args[*]}"
-    python run.py "${args[@]}"
-  done
-  say "results (synthetic data; python -m simclr_mura.report --model_root $runs --out $WORK_DIR/report)"
-  python -m simclr_mura.report --model_root "$runs" --out "$WORK_DIR/report"
+  cmd_build --manual_dir "$manual" --data_dir "$data" --config "$DEMO_PART"
+  cmd_grid --preset demo --parts "$DEMO_PART" --data_dir "$data" --model_root "$runs"
+  say "report and data exploration (synthetic data): $out"
+  python -m simclr_mura.report --model_root "$runs" --out "$out" --data_dir "$data"
+  python -m simclr_mura.explore --data_dir "$data" --out "$out" --dataset "mura/$DEMO_PART"
+  say "report: $out/index.html"
+}
+
+cmd_grid() {
+  ensure_env test
+  say "experiment grid: python -m simclr_mura.grid $*"
+  # Defaults first: flags given on the command line come later and win.
+  python -m simclr_mura.grid --data_dir "$WORK_DIR/tfds" --model_root "$WORK_DIR/grid" "$@"
+}
+
+cmd_report() {
+  ensure_env test
+  python -m simclr_mura.report --model_root "$WORK_DIR/grid" --out "$WORK_DIR/report" "$@"
 }
 
 cmd_test() {
@@ -97,13 +126,15 @@ cmd_test() {
   python -m pytest "$@"
 }
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
   local cmd="${1:-}"
   [[ $# -gt 0 ]] && shift
   case "$cmd" in
     demo) cmd_demo "$@" ;;
+    grid) cmd_grid "$@" ;;
+    report) cmd_report "$@" ;;
     test) cmd_test "$@" ;;
     synth) cmd_synth "$@" ;;
     build) cmd_build "$@" ;;

@@ -14,13 +14,22 @@ import tensorflow as tf
 
 def write_text_atomic(path: str, text: str) -> None:
     """Writes `text` to `path` atomically (temporary file, then rename)."""
+    _write_atomic(path, text, 'w')
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Writes `data` to `path` atomically (temporary file, then rename)."""
+    _write_atomic(path, data, 'wb')
+
+
+def _write_atomic(path: str, content, mode: str) -> None:
     directory = os.path.dirname(path)
     if directory:
         tf.io.gfile.makedirs(directory)
     tmp = os.path.join(directory, f'.{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}')
     try:
-        with tf.io.gfile.GFile(tmp, 'w') as f:
-            f.write(text)
+        with tf.io.gfile.GFile(tmp, mode) as f:
+            f.write(content)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     finally:
         if tf.io.gfile.exists(tmp):

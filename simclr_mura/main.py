@@ -168,6 +168,7 @@ def _run_mode(config: Config, builder, strategy: tf.distribute.Strategy) -> RunR
                                            config.train_steps)
     num_classes = builder.info.features['label'].num_classes
     class_weights, weight_info = _class_weights(config, builder)
+    weight_info['num_train_examples'] = num_train  # The report's "labelled training images".
     with strategy.scope():
         model = train_lib.build_model(config, num_classes)
 

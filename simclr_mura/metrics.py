@@ -12,13 +12,16 @@ Metrics are computed overall and per body part. Undefined values are NaN, never 
 AUROC when a group holds only one class; precision when nothing is predicted abnormal; recall when
 no example is abnormal; specificity when no example is normal; Cohen's kappa when chance agreement
 is 1 (both raters constant and equal). NaN is written to JSON as null by `evaluate`.
+
+`bootstrap_ci` gives percentile confidence intervals of kappa and AUROC by resampling studies.
 """
 import math
 import warnings
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 from sklearn import metrics as skm
 
 PREDICTION_COLUMNS = ('image_id', 'study_id', 'body_part', 'label', 'probability')
@@ -127,3 +130,72 @@ def flatten(metrics: Dict[str, Dict[str, Dict[str, float]]], prefix: str = 'eval
             for name, value in values.items():
                 flat[f'{prefix}/{level}/{group}/{name}'] = value
     return flat
+
+
+def fast_kappa(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """Cohen's kappa of two 0/1 raters (as sklearn's), NaN when chance agreement is 1."""
+    n = len(labels)
+    if n == 0:
+        return math.nan
+    observed = float(np.mean(labels == predictions))
+    p_label, p_pred = float(np.mean(labels)), float(np.mean(predictions))
+    chance = p_label * p_pred + (1 - p_label) * (1 - p_pred)
+    return math.nan if chance >= 1 else (observed - chance) / (1 - chance)
+
+
+def fast_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic (ties count half, as sklearn's); NaN with one class."""
+    positives = int(labels.sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
+        return math.nan
+    ranks = stats.rankdata(probabilities)
+    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def bootstrap_ci(df: pd.DataFrame, level: str = 'study', num_resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> Dict[str, Tuple[float, float]]:
+    """Percentile bootstrap confidence intervals of kappa and AUROC, resampling studies.
+
+    Studies, not images, are drawn with replacement because the views of one study are not
+    independent; at image level a drawn study brings all its images. A resample holding one class
+    only (kappa or AUROC undefined) is left out of that metric's interval.
+
+    Args:
+      df: per-image predictions (`PREDICTION_COLUMNS`).
+      level: 'study' (metrics of study predictions, mean probability > 0.5) or 'image'.
+      num_resamples: bootstrap resamples; seed: their random generator's seed (fixed: the same
+        predictions always give the same interval).
+      confidence: coverage of the interval.
+
+    Returns:
+      {'kappa': (low, high), 'auroc': (low, high)}, NaN bounds when no resample defines the metric.
+    """
+    if level not in ('study', 'image'):
+        raise ValueError(f'level must be study or image, not {level!r}')
+    studies = study_predictions(df)
+    if level == 'study':
+        labels = studies['label'].to_numpy(dtype=int)
+        probabilities = studies['probability'].to_numpy(dtype=float)
+        members = [np.array([i]) for i in range(len(studies))]
+    else:
+        labels = df['label'].to_numpy(dtype=int)
+        probabilities = df['probability'].to_numpy(dtype=float)
+        positions = pd.Series(np.arange(len(df))).groupby(df['study_id'].to_numpy()).apply(np.asarray)
+        members = [positions[s] for s in studies['study_id']]
+    rng = np.random.default_rng(seed)
+    values = {'kappa': [], 'auroc': []}
+    for _ in range(num_resamples):
+        drawn = rng.integers(0, len(members), len(members))
+        rows = np.concatenate([members[i] for i in drawn])
+        y, p = labels[rows], probabilities[rows]
+        values['kappa'].append(fast_kappa(y, (p > THRESHOLD).astype(int)))
+        values['auroc'].append(fast_auroc(y, p))
+    tail = (1 - confidence) / 2 * 100
+    out = {}
+    for name, found in values.items():
+        found = np.asarray(found, dtype=float)
+        found = found[~np.isnan(found)]
+        out[name] = ((float(np.percentile(found, tail)), float(np.percentile(found, 100 - tail)))
+                     if len(found) else (math.nan, math.nan))
+    return out

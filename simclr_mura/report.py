@@ -1,10 +1,17 @@
-"""Results table of finished runs: `python -m simclr_mura.report --model_root M [--out R]`.
+"""Results report of finished runs: `python -m simclr_mura.report --model_root M --out R [--data_dir D]`.
 
-Reads only files that runs wrote (`result.json` and `flags.json` of every run directory below
-`model_root`), so it works on runs made elsewhere and copied back. Prints one markdown row per run
-and, with `--out`, writes `results.csv` and `results.md` there. Rows are grouped by dataset and
-training split (1%, 10%, all labels), the DenseNet-169 baseline first, so each label fraction shows
-the baseline and the SimCLR rows side by side with the same metrics.
+Reads only files that runs wrote (`result.json`, `flags.json`, the predictions CSV and the
+TensorBoard summaries of every run directory below `model_root`), so it works on runs made
+elsewhere and copied back. Writes to `R`:
+- `results.csv` / `results.md`: one row per run (body part, method, label fraction) with image- and
+  study-level accuracy, precision, recall, F1, AUROC and Cohen's kappa, the number of labelled
+  training images, 95% bootstrap CIs (study resampling) of kappa and AUROC, the seed report's
+  accuracy/precision/recall for the same row and the MURA paper's model kappa of the part;
+- `figures/`: label efficiency, ROC curves, confusion matrices, training curves and a gallery of
+  confident right and wrong predictions per part (the gallery reads the test images from the TFDS
+  dataset named in the run's flags.json, or `--data_dir`; without it the page says so);
+- `index.html`: the table and every figure on one page (with the data exploration of
+  `simclr_mura.explore` when it was written to the same folder).
 """
 import json
 import math
@@ -12,22 +19,66 @@ import os
 import sys
 from typing import Dict, List, Optional
 
+import numpy as np
 import pandas as pd
 import tensorflow as tf
 from absl import app
 from absl import flags
+from tensorflow.core.util import event_pb2
 
+from simclr_mura import evaluate as evaluate_lib
+from simclr_mura import figures
+from simclr_mura import html_page
 from simclr_mura import io_util
+from simclr_mura import metrics as metrics_lib
 
-# (column title, result.json key)
-METRIC_COLUMNS = (
-    ('image acc', 'eval/image/overall/accuracy'),
-    ('image AUROC', 'eval/image/overall/auroc'),
-    ('image kappa', 'eval/image/overall/kappa'),
-    ('study acc', 'eval/study/overall/accuracy'),
-    ('study AUROC', 'eval/study/overall/auroc'),
-    ('study kappa', 'eval/study/overall/kappa'),
-)
+BASELINE_NAME = figures.BASELINE
+PRETRAIN_NAME = 'SimCLR pretrain (linear-eval head)'
+_METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, figures.LINEAR, PRETRAIN_NAME)
+LEVELS = ('study', 'image')
+METRICS = (('acc', 'accuracy'), ('precision', 'precision'), ('recall', 'recall'), ('F1', 'f1'),
+           ('AUROC', 'auroc'), ('kappa', 'kappa'))
+LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
+# The MURA paper's DenseNet-169 kappa on its test set (final version; mura_facts.md section 7).
+PAPER_KAPPA = {'elbow': 0.710, 'finger': 0.389, 'forearm': 0.737, 'hand': 0.851, 'humerus': 0.600,
+               'shoulder': 0.729, 'wrist': 0.931, 'all': 0.705}
+# The seed report's Table 4 (mura_facts.md 11.6): (part, method, label %) -> (acc, prec, recall).
+# Its baseline was study-level at 128 px on all labels; its "Finetune" rows were linear evaluation
+# (frozen backbone) per image at 224 px, so they are shown next to both SimCLR rows of that fraction.
+_SEED_BASELINE = {'elbow': (0.822, 0.506, 0.333), 'hand': (0.784, 0.479, 0.225),
+                  'shoulder': (0.778, 0.540, 0.475)}
+_SEED_FINETUNE = {('elbow', 1): (0.475, 0.460, 0.356), ('elbow', 10): (0.606, 0.629, 0.495),
+                  ('elbow', 100): (0.621, 0.635, 0.552), ('hand', 1): (0.578, 0.472, 0.227),
+                  ('hand', 10): (0.617, 0.582, 0.243), ('hand', 100): (0.608, 0.560, 0.222),
+                  ('shoulder', 1): (0.525, 0.514, 0.708), ('shoulder', 10): (0.589, 0.583, 0.593),
+                  ('shoulder', 100): (0.628, 0.633, 0.589)}
+NOTES = ('Metrics are on the eval split of each run (test = the official MURA valid set). A study is '
+         'abnormal when the mean of its images\' probabilities is > 0.5 (the MURA paper). CIs: 95% '
+         'percentile bootstrap over studies (1000 resamples, seed 0). "seed a/p/r": the seed '
+         'report\'s accuracy/precision/recall (its baseline: study level, 128 px; its "Finetune": '
+         'linear evaluation per image at 224 px). "paper kappa": the MURA paper\'s DenseNet-169 '
+         'on its hidden test set.')
+
+
+def method_name(settings: Dict) -> str:
+    """How a run is named in tables: the DenseNet baseline, SimCLR pretrain+linear eval, fine-tune,
+    or linear eval."""
+    if settings.get('train_mode') == 'baseline':
+        return BASELINE_NAME
+    if settings.get('train_mode') == 'pretrain':
+        return PRETRAIN_NAME
+    if settings.get('train_mode') == 'finetune':
+        return figures.LINEAR if settings.get('fine_tune_after_block') == 4 else figures.FINETUNE
+    return str(settings.get('train_mode', '?'))
+
+
+def seed_numbers(part: str, method: str, percent: float):
+    """The seed report's (accuracy, precision, recall) for this row, or None."""
+    if method == BASELINE_NAME and percent == 100:
+        return _SEED_BASELINE.get(part)
+    if method in (figures.FINETUNE, figures.LINEAR):
+        return _SEED_FINETUNE.get((part, percent))
+    return None
 
 
 def _read_json(path: str) -> Optional[Dict]:
@@ -37,71 +88,309 @@ def _read_json(path: str) -> Optional[Dict]:
         return json.load(f)
 
 
-BASELINE_NAME = 'DenseNet-169 baseline'
-# Row order within a dataset and training split.
-_METHOD_ORDER = (BASELINE_NAME, 'SimCLR fine-tune', 'SimCLR linear eval',
-                 'SimCLR pretrain (linear-eval head)')
+def read_predictions(run_dir: str, result: Dict) -> Optional[pd.DataFrame]:
+    """The predictions CSV that `result` was computed from, or None if it is missing."""
+    path = os.path.join(run_dir, evaluate_lib.predictions_filename(str(result.get('eval_split')),
+                                                                  int(result.get('global_step', 0))))
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return pd.read_csv(f)
 
 
-def method_name(settings: Dict) -> str:
-    """How a run is named in tables: the DenseNet baseline, SimCLR pretrain+linear eval, fine-tune,
-    or linear eval."""
-    if settings.get('train_mode') == 'baseline':
-        return BASELINE_NAME
-    if settings.get('train_mode') == 'pretrain':
-        return 'SimCLR pretrain (linear-eval head)'
-    if settings.get('train_mode') == 'finetune':
-        return 'SimCLR linear eval' if settings.get('fine_tune_after_block') == 4 else 'SimCLR fine-tune'
-    return str(settings.get('train_mode', '?'))
+def _num_train_images(result: Dict, settings: Dict, data_dir: Optional[str]) -> float:
+    if result.get('num_train_examples') is not None:
+        return float(result['num_train_examples'])
+    try:  # Runs made before result.json held the count: ask the dataset's metadata.
+        import tensorflow_datasets as tfds
+        import tfds_mura  # noqa: F401  (registers the builder)
+        builder = tfds.builder(settings['dataset'], data_dir=data_dir or settings.get('data_dir'))
+        return float(builder.info.splits[settings['train_split']].num_examples)
+    except Exception:  # No dataset here: the count stays unknown rather than failing the report.
+        return math.nan
 
 
-def _split_rank(split: str) -> int:
-    # Label fractions first (1% before 10%), then everything else.
-    return {'train_1pct': 0, 'train_10pct': 1, 'train': 2}.get(split, 3)
+class Run:
+    """One finished run directory: its settings, result and predictions."""
+
+    def __init__(self, run_dir: str, model_root: str):
+        self.dir = run_dir
+        self.name = os.path.relpath(run_dir, model_root)
+        self.result = _read_json(os.path.join(run_dir, 'result.json'))
+        self.settings = _read_json(os.path.join(run_dir, 'flags.json')) or {}
+        self.predictions = read_predictions(run_dir, self.result)
+        dataset = str(self.settings.get('dataset', ''))
+        self.part = dataset.split('/', 1)[1] if '/' in dataset else (dataset or '?')
+        self.method = method_name(self.settings)
+        split = str(self.settings.get('train_split', ''))
+        self.percent = LABEL_PERCENT.get(split, math.nan)
+
+    @property
+    def label(self) -> str:
+        percent = '?' if math.isnan(self.percent) else f'{self.percent:g}%'
+        return f'{self.method}, {percent}'
 
 
-def _method_rank(method: str) -> int:
-    return _METHOD_ORDER.index(method) if method in _METHOD_ORDER else len(_METHOD_ORDER)
+def find_runs(model_root: str) -> List[Run]:
+    return [Run(directory, model_root) for directory, _, files in sorted(tf.io.gfile.walk(model_root))
+            if 'result.json' in files]
 
 
-def collect(model_root: str) -> pd.DataFrame:
-    """One row per run directory below `model_root` that holds a result.json, ordered by dataset,
-    training split (1%, 10%, all), method (baseline first) and run."""
-    rows: List[Dict] = []
-    for directory, _, files in sorted(tf.io.gfile.walk(model_root)):
-        if 'result.json' not in files:
-            continue
-        result = _read_json(os.path.join(directory, 'result.json'))
-        settings = _read_json(os.path.join(directory, 'flags.json')) or {}
-        row = {'run': os.path.relpath(directory, model_root),
-               'method': method_name(settings),
-               'dataset': settings.get('dataset', ''),
-               'train split': settings.get('train_split', ''),
-               'eval split': result.get('eval_split', ''),
-               'step': result.get('global_step')}
-        for title, key in METRIC_COLUMNS:
-            value = result.get(key)
-            row[title] = math.nan if value is None else float(value)
-        rows.append(row)
-    rows.sort(key=lambda r: (r['dataset'], _split_rank(r['train split']), r['train split'],
-                             _method_rank(r['method']), r['run']))
+def table_row(run: Run, data_dir: Optional[str] = None, num_resamples: int = 1000) -> Dict:
+    """The results row of one run (metrics from result.json, CIs from its predictions)."""
+    row = {'part': run.part, 'method': run.method, 'label %': run.percent,
+           'train split': run.settings.get('train_split', ''),
+           'n train images': _num_train_images(run.result, run.settings, data_dir),
+           'eval split': run.result.get('eval_split', ''), 'step': run.result.get('global_step'),
+           'run': run.name}
+    for level in LEVELS:
+        for title, key in METRICS:
+            value = run.result.get(f'eval/{level}/overall/{key}')
+            row[f'{level} {title}'] = math.nan if value is None else float(value)
+        intervals = ({} if run.predictions is None else
+                     metrics_lib.bootstrap_ci(run.predictions, level, num_resamples=num_resamples))
+        for metric in ('kappa', 'AUROC'):
+            low, high = intervals.get(metric.lower(), (math.nan, math.nan))
+            row[f'{level} {metric} CI low'], row[f'{level} {metric} CI high'] = low, high
+    seed = seed_numbers(run.part, run.method, run.percent) or (math.nan,) * 3
+    row['seed accuracy'], row['seed precision'], row['seed recall'] = seed
+    row['paper kappa'] = PAPER_KAPPA.get(run.part, math.nan)
+    return row
+
+
+def _sort_key(row: Dict):
+    method = row['method']
+    percent = row['label %']
+    return (row['part'], _METHOD_ORDER.index(method) if method in _METHOD_ORDER else 9,
+            9999 if math.isnan(percent) else percent, row['run'])
+
+
+def collect(model_root: str, data_dir: Optional[str] = None, runs: Optional[List[Run]] = None,
+            num_resamples: int = 1000) -> pd.DataFrame:
+    """One row per run directory below `model_root` holding a result.json, ordered by part, method
+    (baseline first) and label fraction."""
+    runs = find_runs(model_root) if runs is None else runs
+    rows = sorted((table_row(r, data_dir, num_resamples) for r in runs), key=_sort_key)
     return pd.DataFrame(rows)
 
 
+def _cell(value, digits: int = 3) -> str:
+    if isinstance(value, (float, np.floating)):
+        return '-' if math.isnan(value) else f'{value:.{digits}f}'
+    return str(value)
+
+
+def _with_ci(row, name: str) -> str:
+    low, high = row[f'{name} CI low'], row[f'{name} CI high']
+    if math.isnan(row[name]):
+        return '-'
+    # round() + 0.0 turns a rounded -0.0 into 0.0.
+    ci = '' if math.isnan(low) else f' [{round(low, 2) + 0.0:.2f}, {round(high, 2) + 0.0:.2f}]'
+    return f'{round(row[name], 3) + 0.0:.3f}{ci}'
+
+
+def markdown_tables(table: pd.DataFrame) -> Dict[str, List[List[str]]]:
+    """{'study': rows, 'image': rows}: header row first, then one row of cells per run."""
+    out = {}
+    for level in LEVELS:
+        header = ['part', 'method', 'labels', 'n train', 'acc', 'precision', 'recall', 'F1',
+                  'AUROC [95% CI]', 'kappa [95% CI]', 'seed a/p/r', 'paper kappa']
+        rows = [header]
+        for _, row in table.iterrows():
+            seed = ('-' if math.isnan(row['seed accuracy']) else
+                    '/'.join(f'{row[f"seed {m}"]:.2f}' for m in ('accuracy', 'precision', 'recall')))
+            percent = '-' if math.isnan(row['label %']) else f'{row["label %"]:g}%'
+            rows.append([row['part'], row['method'], percent, _cell(row['n train images'], 0),
+                         *(_cell(row[f'{level} {t}']) for t in ('acc', 'precision', 'recall', 'F1')),
+                         _with_ci(row, f'{level} AUROC'), _with_ci(row, f'{level} kappa'), seed,
+                         _cell(row['paper kappa'])])
+        out[level] = rows
+    return out
+
+
 def to_markdown(table: pd.DataFrame) -> str:
-    """A plain markdown table (no extra dependency), metrics with 3 decimals, '-' where undefined."""
+    """results.md: a study-level and an image-level table, then the notes."""
     if table.empty:
         return '(no finished runs)'
+    parts = []
+    for level, rows in markdown_tables(table).items():
+        parts.append(f'### {level.capitalize()} level\n')
+        parts.append('| ' + ' | '.join(rows[0]) + ' |')
+        parts.append('|' + '|'.join('---' for _ in rows[0]) + '|')
+        parts += ['| ' + ' | '.join(r) + ' |' for r in rows[1:]]
+        parts.append('')
+    parts.append(NOTES)
+    return '\n'.join(parts)
 
-    def cell(value):
-        if isinstance(value, float):
-            return '-' if math.isnan(value) else f'{value:.3f}'
-        return str(value)
 
-    lines = ['| ' + ' | '.join(table.columns) + ' |',
-             '|' + '|'.join('---' for _ in table.columns) + '|']
-    lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in table.itertuples(index=False)]
-    return '\n'.join(lines)
+def _scalar_series(run_dir: str) -> Dict[str, Dict[int, float]]:
+    """tag -> {step: value} from the run's TensorBoard event files (last value of a step wins)."""
+    series: Dict[str, Dict[int, float]] = {}
+    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, 'events.out.tfevents.*'))):
+        try:
+            for record in tf.data.TFRecordDataset(path):
+                event = event_pb2.Event.FromString(record.numpy())
+                for value in event.summary.value:
+                    if value.HasField('tensor'):
+                        number = tf.make_ndarray(value.tensor)
+                        if number.size != 1:
+                            continue
+                        number = float(number.reshape(()))
+                    elif value.HasField('simple_value'):
+                        number = float(value.simple_value)
+                    else:
+                        continue
+                    series.setdefault(value.tag, {})[int(event.step)] = number
+        except tf.errors.DataLossError:  # A file cut short by a killed run: keep what was read.
+            continue
+    return series
+
+
+def training_series(run: Run) -> Dict[str, tuple]:
+    """'loss', 'accuracy', 'learning rate' -> (steps, values) of one run."""
+    tags = {'loss': ('train/total_loss',),
+            'accuracy': ('train/supervised_acc', 'train/contrast_acc'),
+            'learning rate': ('learning_rate',)}
+    found = _scalar_series(run.dir)
+    if run.method == PRETRAIN_NAME:
+        tags['accuracy'] = ('train/contrast_acc',)
+    out = {}
+    for kind, names in tags.items():
+        for name in names:
+            if name in found:
+                steps = sorted(found[name])
+                out[kind] = (np.array(steps), np.array([found[name][s] for s in steps]))
+                break
+    return out
+
+
+def _load_images(dataset: str, data_dir: Optional[str], split: str, image_ids) -> Dict[str, np.ndarray]:
+    """The decoded images of `image_ids` from the TFDS split (raises if the data is not there)."""
+    import tensorflow_datasets as tfds
+    import tfds_mura  # noqa: F401  (registers the builder)
+    builder = tfds.builder(dataset, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(f'{dataset} is not built in {data_dir}')
+    wanted = set(image_ids)
+    images = {}
+    for example in builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
+        image_id = example['image_id'].decode('utf-8')
+        if image_id in wanted:
+            images[image_id] = example['image']
+            if len(images) == len(wanted):
+                break
+    return images
+
+
+def short_image_name(image_id: str) -> str:
+    """'valid/XR_ELBOW/patient11186/study1_positive/image2.png' -> 'patient11186 study1 image2'."""
+    pieces = image_id.split('/')[-3:]
+    pieces[-2] = pieces[-2].split('_')[0] if len(pieces) > 1 else pieces[-2]
+    pieces[-1] = os.path.splitext(pieces[-1])[0]
+    return ' '.join(pieces)
+
+
+def confident_examples(predictions: pd.DataFrame, per_kind: int = 4) -> pd.DataFrame:
+    """The `per_kind` most confident right and most confident wrong image predictions, with a
+    'kind' column ('correct' / 'wrong'), most confident first."""
+    table = predictions.copy()
+    table['confidence'] = (table['probability'] - 0.5).abs()
+    table['correct'] = (table['probability'] > metrics_lib.THRESHOLD).astype(int) == table['label']
+    table = table.sort_values(['confidence', 'image_id'], ascending=[False, True])
+    right = table[table['correct']].head(per_kind).assign(kind='correct')
+    wrong = table[~table['correct']].head(per_kind).assign(kind='wrong')
+    return pd.concat([right, wrong], ignore_index=True)
+
+
+def _gallery_run(runs: List[Run]) -> Optional[Run]:
+    """The run the gallery shows: the best study kappa among runs with predictions."""
+    usable = [r for r in runs if r.predictions is not None and len(r.predictions)]
+    if not usable:
+        return None
+    def kappa(run):
+        value = run.result.get('eval/study/overall/kappa')
+        return -2.0 if value is None else float(value)
+    return max(usable, key=lambda r: (kappa(r), r.name))
+
+
+def write_gallery(runs: List[Run], part: str, figure_dir: str,
+                  data_dir: Optional[str]) -> html_page.Figure:
+    """The gallery figure of one part, or a Figure with a note saying why there is none."""
+    run = _gallery_run(runs)
+    title = f'Most confident correct and wrong predictions, {part}'
+    if run is None:
+        return html_page.Figure(title, None, 'No predictions to show.')
+    chosen = confident_examples(run.predictions)
+    source = data_dir or run.settings.get('data_dir')
+    try:
+        images = _load_images(run.settings['dataset'], source, run.result['eval_split'],
+                              chosen['image_id'])
+    except Exception as e:  # Data elsewhere (runs copied back from another machine): say so.
+        return html_page.Figure(title, None, f'Gallery skipped: the images of {run.settings.get("dataset")} '
+                                f'were not found in {source} ({type(e).__name__}: {str(e)[:200]}). '
+                                'Pass --data_dir to show them.')
+    examples = [(f'{row.kind}: {short_image_name(row.image_id)}', images[row.image_id], int(row.label),
+                 float(row.probability)) for row in chosen.itertuples() if row.image_id in images]
+    path = figures.gallery(examples, f'{title} ({run.label}, {run.name})',
+                           os.path.join(figure_dir, f'gallery_{part}.png'))
+    return html_page.Figure(title, path, f'Run {run.name}: first row(s) correct, then wrong '
+                            '(image level, most confident first).')
+
+
+def write_figures(table: pd.DataFrame, runs: List[Run], out: str,
+                  data_dir: Optional[str]) -> List[html_page.Figure]:
+    """Every figure of the report, per part; returns them in page order."""
+    figure_dir = os.path.join(out, 'figures')
+    tf.io.gfile.makedirs(figure_dir)
+    written = []
+    for part in sorted({r.part for r in runs}):
+        part_runs = sorted((r for r in runs if r.part == part), key=lambda r: _sort_key(
+            {'part': r.part, 'method': r.method, 'label %': r.percent, 'run': r.name}))
+        rows = table[(table['part'] == part) & table['method'].isin(list(figures.METHOD_STYLE))]
+        if len(rows):
+            written.append(html_page.Figure(
+                f'Label efficiency, {part}', figures.label_efficiency(
+                    rows, part, os.path.join(figure_dir, f'label_efficiency_{part}.png'))))
+        with_predictions = [r for r in part_runs if r.predictions is not None]
+        studies = [(r, metrics_lib.study_predictions(r.predictions)) for r in with_predictions]
+        if studies:
+            written.append(html_page.Figure(f'ROC curves, {part}', figures.roc_curves(
+                [(r.label, r.method, s) for r, s in studies], part,
+                os.path.join(figure_dir, f'roc_{part}.png'))))
+            matrices = [(r.label, np.array(study_confusion(s))) for r, s in studies]
+            written.append(html_page.Figure(f'Confusion matrices, {part}', figures.confusion_matrices(
+                matrices, part, os.path.join(figure_dir, f'confusion_{part}.png'))))
+        series = {r.label: training_series(r) for r in part_runs}
+        series = {k: v for k, v in series.items() if v}
+        if series:
+            written.append(html_page.Figure(f'Training curves, {part}', figures.training_curves(
+                series, part, os.path.join(figure_dir, f'training_{part}.png'))))
+        written.append(write_gallery(part_runs, part, figure_dir, data_dir))
+    return written
+
+
+def study_confusion(studies: pd.DataFrame) -> np.ndarray:
+    """2x2 counts [true][predicted] of study predictions (normal = 0, abnormal = 1)."""
+    predicted = (studies['probability'].to_numpy(dtype=float) > metrics_lib.THRESHOLD).astype(int)
+    counts = np.zeros((2, 2), dtype=int)
+    np.add.at(counts, (studies['label'].to_numpy(dtype=int), predicted), 1)
+    return counts
+
+
+def write_report(model_root: str, out: str, data_dir: Optional[str] = None,
+                 num_resamples: int = 1000) -> pd.DataFrame:
+    """Writes results.csv/md, the figures and index.html to `out`; returns the table."""
+    runs = find_runs(model_root)
+    table = collect(model_root, data_dir, runs, num_resamples)
+    tf.io.gfile.makedirs(out)
+    io_util.write_text_atomic(os.path.join(out, 'results.csv'), table.to_csv(index=False))
+    markdown = to_markdown(table)
+    io_util.write_text_atomic(os.path.join(out, 'results.md'), '# Results\n\n' + markdown + '\n')
+    written = write_figures(table, runs, out, data_dir) if runs else []
+    section = html_page.results_section(markdown_tables(table) if runs else {}, NOTES, written, out)
+    html_page.write_section(out, 'results', section)
+    html_page.write_index(out)
+    return table
 
 
 FLAGS = flags.FLAGS
@@ -110,21 +399,21 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     if not tf.io.gfile.isdir(FLAGS.model_root):
-        print(f'error: --model_root {FLAGS.model_root} is not a directory', file=sys.stderr)
+        print(f'report: error: --model_root {FLAGS.model_root} is not a directory; pass the folder '
+              'holding the run directories', file=sys.stderr)
         return 1
-    table = collect(FLAGS.model_root)
-    markdown = to_markdown(table)
-    print(markdown)
-    if FLAGS.out:
-        tf.io.gfile.makedirs(FLAGS.out)
-        io_util.write_text_atomic(os.path.join(FLAGS.out, 'results.csv'), table.to_csv(index=False))
-        io_util.write_text_atomic(os.path.join(FLAGS.out, 'results.md'), markdown + '\n')
-        print(f'\nwrote {os.path.join(FLAGS.out, "results.md")} and results.csv')
+    table = write_report(FLAGS.model_root, FLAGS.out, FLAGS.data_dir, FLAGS.bootstrap_resamples)
+    print(to_markdown(table))
+    print(f'\nwrote {os.path.join(FLAGS.out, "results.md")}, results.csv, figures/ and '
+          f'{os.path.join(FLAGS.out, "index.html")}')
     return 0
 
 
 if __name__ == '__main__':
     flags.DEFINE_string('model_root', None, 'Directory whose run directories hold result.json.')
-    flags.DEFINE_string('out', None, 'Where to write results.csv and results.md (optional).')
-    flags.mark_flag_as_required('model_root')
+    flags.DEFINE_string('out', None, 'Where to write the tables, figures and index.html.')
+    flags.DEFINE_string('data_dir', None, 'TFDS data_dir for the gallery images (default: each '
+                        'run\'s own data_dir from its flags.json).')
+    flags.DEFINE_integer('bootstrap_resamples', 1000, 'Bootstrap resamples of the CIs.')
+    flags.mark_flags_as_required(['model_root', 'out'])
     app.run(main)

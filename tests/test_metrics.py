@@ -116,3 +116,56 @@ def test_study_level_optional_and_flatten():
     flat = metrics.flatten(result)
     assert flat['eval/image/overall/auroc'] == pytest.approx(0.6)
     assert 'eval/image/hand/accuracy' in flat
+
+
+def _random_studies(num_studies, seed, signal=1.0):
+    """Predictions of `num_studies` studies with 1-3 views each, informative by `signal`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(num_studies):
+        label = int(rng.random() < 0.45)
+        for v in range(int(rng.integers(1, 4))):
+            p = 1 / (1 + np.exp(-(signal * (2 * label - 1) + rng.normal(0, 1.2))))
+            rows.append((f's{s}/image{v}', f's{s}', 'elbow', label, float(p)))
+    return pd.DataFrame(rows, columns=list(metrics.PREDICTION_COLUMNS))
+
+
+def test_fast_kappa_and_auroc_equal_sklearn():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        y = rng.integers(0, 2, 40)
+        p = np.round(rng.random(40), 1)  # Ties, which AUROC counts half.
+        assert metrics.fast_auroc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+        pred = (p > 0.5).astype(int)
+        assert metrics.fast_kappa(y, pred) == pytest.approx(skm.cohen_kappa_score(y, pred), abs=1e-12)
+    assert math.isnan(metrics.fast_auroc(np.ones(5, int), rng.random(5)))
+    assert math.isnan(metrics.fast_kappa(np.ones(5, int), np.ones(5, int)))
+
+
+@pytest.mark.parametrize('level', ['study', 'image'])
+def test_bootstrap_ci_contains_point_estimate_and_is_reproducible(level):
+    df = _random_studies(80, seed=0)
+    point = metrics.compute_metrics(df)[level]['overall']
+    ci = metrics.bootstrap_ci(df, level, num_resamples=400, seed=0)
+    for name in ('kappa', 'auroc'):
+        low, high = ci[name]
+        assert low < point[name] < high, (name, low, point[name], high)
+        assert high - low < 0.6
+    assert metrics.bootstrap_ci(df, level, num_resamples=400, seed=0) == ci
+    assert metrics.bootstrap_ci(df, level, num_resamples=400, seed=1) != ci
+
+
+def test_bootstrap_resamples_studies_so_more_studies_give_narrower_intervals():
+    small = metrics.bootstrap_ci(_random_studies(30, seed=1), 'study', num_resamples=400)
+    large = metrics.bootstrap_ci(_random_studies(600, seed=1), 'study', num_resamples=400)
+    for name in ('kappa', 'auroc'):
+        assert large[name][1] - large[name][0] < (small[name][1] - small[name][0]) / 2
+
+
+def test_bootstrap_of_one_class_is_nan_and_bad_level_raises():
+    df = _random_studies(10, seed=2)
+    df['label'] = 1
+    ci = metrics.bootstrap_ci(df, 'study', num_resamples=50)
+    assert all(math.isnan(v) for v in ci['auroc'])
+    with pytest.raises(ValueError, match='study or image'):
+        metrics.bootstrap_ci(df, 'patient')

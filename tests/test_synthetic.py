@@ -201,3 +201,18 @@ def test_cli_writes_tree_and_reports_errors(tmp_path, capsys):
     assert os.path.isfile(tmp_path / 'MURA-v1.1' / 'valid_labeled_studies.csv')
     assert synthetic.main(['--out', str(tmp_path), '--scale', '0.001', '--parts', 'humerus']) == 1
     assert 'already exists' in capsys.readouterr().err
+
+
+def test_sign_strength_changes_only_abnormal_views_and_is_deterministic():
+    from tfds_mura import synthetic_images as si
+
+    def view(abnormal, strength):
+        sign = si.draw_study_sign(np.random.default_rng([0, 9, 5]), abnormal, strength)
+        return si.render_view('elbow', (0, 8, 5), sign, np.random.default_rng([0, 7, 5, 1]))
+
+    assert np.array_equal(view(False, 1.0), view(False, 3.0))
+    usual, strong = view(True, 1.0), view(True, 3.0)
+    assert np.array_equal(strong, view(True, 3.0))
+    assert (usual != strong).mean() > 0.001  # a visibly larger sign
+    with pytest.raises(ValueError, match='sign_strength'):
+        synthetic.write_synthetic_mura('unused', scale=0.01, sign_strength=9)

@@ -188,10 +188,11 @@ _DS_STORE = b'\x00\x00\x00\x01Bud1' + b'\x00' * 6140
 
 def _write_study(task) -> List[str]:
     """Renders and writes every view of one study; returns the views saved as RGB."""
-    root, study, seed, rgb_fraction = task
+    root, study, seed, rgb_fraction, sign_strength = task
     folder = os.path.join(root, study.path)
     os.makedirs(folder, exist_ok=True)
-    sign = synthetic_images.draw_study_sign(np.random.default_rng([seed, 9, study.index]), study.abnormal)
+    sign = synthetic_images.draw_study_sign(np.random.default_rng([seed, 9, study.index]), study.abnormal,
+                                            sign_strength)
     rgb = []
     for view in range(1, study.views + 1):
         rng = np.random.default_rng([seed, 7, study.index, view])
@@ -234,21 +235,25 @@ def _write_quirks(root: str, studies: Sequence[SyntheticStudy], seed: int) -> No
 
 def write_synthetic_mura(out_dir: str, scale: float = 0.05, parts: Sequence[str] = PARTS, seed: int = 0,
                          quirks: bool = False, rgb_fraction: float = 0.01, workers: int = 2,
-                         overwrite: bool = False) -> SyntheticSummary:
+                         overwrite: bool = False, sign_strength: float = 1.0) -> SyntheticSummary:
     """Writes ``out_dir/MURA-v1.1/`` and returns a summary of what was written.
 
     Args:
       out_dir: parent directory; ``MURA-v1.1/`` is created inside it.
       scale: fraction of the real image counts (1.0 = the real 40,005 images).
       parts: body parts to include (lower-case names, see ``PARTS``).
-      seed: the tree is a pure function of (scale, parts, seed, quirks, rgb_fraction).
+      seed: the tree is a pure function of (scale, parts, seed, quirks, rgb_fraction, sign_strength).
       quirks: add macOS ``._imageN.png`` sidecars and ``.DS_Store`` files.
       rgb_fraction: share of images saved as 3-channel RGB PNGs (the rest are 8-bit gray).
       workers: processes rendering images (1 renders in this process).
       overwrite: replace an existing ``MURA-v1.1/`` instead of refusing.
+      sign_strength: scales how visible the abnormal signs are (1.0: the usual tree; the CPU
+        demo uses more, so that its small low-resolution models can see them).
     """
     if not 0 <= rgb_fraction <= 1:
         raise ValueError(f'rgb_fraction must be in [0, 1], got {rgb_fraction}')
+    if not 0.5 <= sign_strength <= 5:
+        raise ValueError(f'sign_strength must be in [0.5, 5], got {sign_strength}')
     start = time.time()
     studies = plan_synthetic_mura(scale, tuple(parts), seed)
     root = os.path.join(out_dir, 'MURA-v1.1')
@@ -257,7 +262,7 @@ def write_synthetic_mura(out_dir: str, scale: float = 0.05, parts: Sequence[str]
             raise FileExistsError(f'{root} already exists; pass overwrite=True (--overwrite) to replace it')
         shutil.rmtree(root)
     os.makedirs(root)
-    tasks = [(root, s, seed, rgb_fraction) for s in studies]
+    tasks = [(root, s, seed, rgb_fraction, sign_strength) for s in studies]
     if workers > 1:
         with multiprocessing.get_context('fork').Pool(workers) as pool:
             rgb_lists = pool.map(_write_study, tasks, chunksize=16)
@@ -296,13 +301,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--quirks', action='store_true', help='add ._imageN.png sidecars and .DS_Store files')
     parser.add_argument('--rgb_fraction', type=float, default=0.01, help='share of images saved as RGB PNG')
     parser.add_argument('--workers', type=int, default=2)
+    parser.add_argument('--sign_strength', type=float, default=1.0,
+                        help='scale of the abnormal signs (gap, shift, implant); >1 is easier to see')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing MURA-v1.1/')
     args = parser.parse_args(argv)
     parts = [p.strip().lower() for p in args.parts.split(',') if p.strip()]
     try:
         summary = write_synthetic_mura(args.out, scale=args.scale, parts=parts, seed=args.seed, quirks=args.quirks,
                                        rgb_fraction=args.rgb_fraction, workers=args.workers,
-                                       overwrite=args.overwrite)
+                                       overwrite=args.overwrite, sign_strength=args.sign_strength)
     except (ValueError, FileExistsError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -115,26 +115,31 @@ class StudySign:
     where: float       # position along the bone, 0..1
     angle: float       # gap tilt / screw count seed
     shift: float       # misalignment of the distal piece, in bone radii
+    strength: float = 1.0  # scales the gap, the misalignment and the implant's thickness
 
 
-def draw_study_sign(rng: np.random.Generator, abnormal: bool) -> Optional[StudySign]:
-    """Draws the sign of one study (None when the study is normal)."""
+def draw_study_sign(rng: np.random.Generator, abnormal: bool, strength: float = 1.0) -> Optional[StudySign]:
+    """Draws the sign of one study (None when the study is normal).
+
+    ``strength`` > 1 makes the sign easier to see (wider gap, larger shift, thicker implant) for
+    small demos at low resolution; 1.0 draws exactly what it always did.
+    """
     if not abnormal:
         return None
     return StudySign(kind='fracture' if rng.random() < 0.6 else 'implant', bone=int(rng.integers(0, 8)),
                      where=float(rng.uniform(0.3, 0.7)), angle=float(rng.uniform(-0.5, 0.5)),
-                     shift=float(rng.uniform(0.15, 0.45)))
+                     shift=float(rng.uniform(0.15, 0.45)), strength=float(strength))
 
 
 def _apply_fracture(bones: List[Capsule], idx: int, sign: StudySign) -> List[Capsule]:
     x0, y0, x1, y1, r = bones[idx]
-    t, gap = sign.where, max(0.012, 0.35 * r)
+    t, gap = sign.where, max(0.012, 0.35 * r) * sign.strength
     length = math.hypot(x1 - x0, y1 - y0) + 1e-9
     ux, uy = (x1 - x0) / length, (y1 - y0) / length
     mx, my = x0 + ux * length * t, y0 + uy * length * t
     # Pieces end short of the break point by the gap plus their rounded caps.
     back = gap / 2 + r
-    sx, sy = -uy * sign.shift * r, ux * sign.shift * r
+    sx, sy = -uy * sign.shift * sign.strength * r, ux * sign.shift * sign.strength * r
     first = (x0, y0, mx - ux * back, my - uy * back, r)
     second = (mx + ux * back + sx, my + uy * back + sy, x1 + sx + sign.angle * 0.05, y1 + sy, r)
     return bones[:idx] + [first, second] + bones[idx + 1:]
@@ -148,12 +153,12 @@ def _implant(bone: Capsule, sign: StudySign) -> List[Capsule]:
     half = min(0.45, 0.25 + 0.2 * abs(sign.angle)) * length
     cx, cy = x0 + ux * length * sign.where, y0 + uy * length * sign.where
     px, py = cx + nx * r * 0.9, cy + ny * r * 0.9
-    metal = [(px - ux * half, py - uy * half, px + ux * half, py + uy * half, 0.22 * r)]
+    metal = [(px - ux * half, py - uy * half, px + ux * half, py + uy * half, 0.22 * r * sign.strength)]
     screws = 2 + int(abs(sign.angle) * 6) % 3
     for k in range(screws):
         s = -half * 0.8 + 1.6 * half * k / max(1, screws - 1)
         sx, sy = px + ux * s, py + uy * s
-        metal.append((sx, sy, sx - nx * r * 1.8, sy - ny * r * 1.8, 0.12 * r))
+        metal.append((sx, sy, sx - nx * r * 1.8, sy - ny * r * 1.8, 0.12 * r * sign.strength))
     return metal
 
 
