@@ -402,3 +402,26 @@ def test_op_determinism_runs_and_matches():
     views, blurred = _seeded_two_view_run(3)
     expected = hashlib.sha256(views.tobytes() + blurred.tobytes()).hexdigest()
     assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_decoded_uint8_grey_gives_the_same_views_as_float_rgb_input():
+    # The crops convert only the cropped pixels to float RGB (data_util docstring, "Speed"); the
+    # views must equal those of the original order: whole image -> float -> RGB -> crop.
+    grey = np.random.default_rng(11).integers(0, 256, (90, 70, 1), dtype=np.uint8)
+    rgb_float = data_util.grayscale_to_rgb(tf.image.convert_image_dtype(grey, tf.float32))
+    for seed in ([1, 2], [3, 4], [5, 6]):
+        for jitter in (0., 1.0):
+            direct = data_util.preprocess_image(grey, 48, 48, is_training=True,
+                                                color_jitter_strength=jitter, seed=seed)
+            original_order = data_util.preprocess_for_train(rgb_float, 48, 48, jitter,
+                                                            seed=tf.constant(seed))
+            np.testing.assert_array_equal(direct.numpy(), original_order.numpy())
+    for crop, image in ((True, grey), (False, grey[:48, :48])):
+        direct = data_util.preprocess_image(image, 48, 48, is_training=False, test_crop=crop)
+        expected = data_util.preprocess_for_eval(
+            data_util.grayscale_to_rgb(tf.image.convert_image_dtype(image, tf.float32)), 48, 48,
+            crop=crop)
+        np.testing.assert_array_equal(direct.numpy(), expected.numpy())
+    # crop=False in training converts the whole image.
+    whole = data_util.preprocess_for_train(grey, 90, 70, 0., crop=False, flip=False)
+    np.testing.assert_array_equal(whole.numpy(), np.clip(rgb_float.numpy(), 0, 1))

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 import tfds_mura
 from tfds_mura import build
 from tfds_mura import synthetic
+from tfds_mura.mura import mura_dataset_builder
 from tfds_mura.mura import mura_images
 from tfds_mura.mura import mura_source
 from tfds_mura.mura import mura_splits
@@ -191,6 +192,35 @@ def test_gray_pngs_pass_through_and_rgb_is_converted(tree, built):
     assert seen_rgb >= 3 and with_text >= 10
     decoded = next(iter(builder.as_dataset(split='train_1pct')))
     assert decoded['image'].shape[-1] == 1 and decoded['image'].dtype.name == 'uint8'
+
+
+def test_examples_are_written_in_the_builders_fixed_shuffle(tree, built):
+    # 1.1.0 writes each split shard by shard in `example_order` (no TFDS shuffler), with the
+    # shard count TFDS's ShardConfig gives for the split's size; converted images hold exactly
+    # the bytes of one `decode_to_gray_png`, as in 1.0.0.
+    _, summary = tree
+    builder, examples = built
+    rgb = set(summary.rgb_images)
+    for split in SPLITS:
+        ids = [ex['image_id'].decode() for ex in examples[split]]  # files in order, not shuffled
+        records = [_Record(key) for key in ids]
+        expected = [r.key for r in mura_dataset_builder.example_order(split, records)]
+        assert ids == expected
+        sizes = {ex['image_id'].decode(): len(ex['image']) for ex in examples[split]}
+        shards = mura_dataset_builder.shard_records(split, records, sizes)
+        assert builder.info.splits[split].shard_lengths == [len(shard) for shard in shards]
+    train_ids = [ex['image_id'].decode() for ex in examples['train']]
+    assert train_ids != sorted(train_ids)
+    for ex in examples['train']:
+        key = ex['image_id'].decode()
+        if key in rgb:
+            with open(os.path.join(summary.root, key), 'rb') as f:
+                assert ex['image'] == mura_images.decode_to_gray_png(f.read())[0]
+
+
+class _Record:
+    def __init__(self, key):
+        self.key = key
 
 
 def _png(img, **save_args):

@@ -4,16 +4,23 @@ Configs: ``all`` (default) and one per body part (``mura/elbow`` ...). Splits:
 ``train`` / ``validation`` (official train set, 80/20 by patient), ``test`` (official
 valid set), and the label fractions ``train_10pct`` / ``train_1pct`` (nested, patient
 level). See README.md (the dataset card) for how the splits are made.
+
+How it is written: a `ShardBasedBuilder`. Each split's examples are put in an order the builder
+shuffles itself (a salted SHA-256 of the image id, per split) and written shard by shard, so
+TFDS's shuffler (which serializes every example into temporary bucket files, reads them back and
+sorts them) is not needed. Readers shuffle files and examples as before.
 """
 import dataclasses
+import functools
 import re
 import time
-from typing import Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 
 from tfds_mura.mura import mura_images
 from tfds_mura.mura import mura_source
@@ -26,7 +33,9 @@ _AIMI_URL = 'https://aimi.stanford.edu/datasets/mura-msk-xrays'
 WHERE_TO_GET = (f'Download MURA-v1.1 from the Stanford AIMI site ({_AIMI_URL}) and place the unzipped '
                 f'MURA-v1.1/ folder or MURA-v1.1.zip in the manual dir (default <data_dir>/downloads/manual/; '
                 f'python -m tfds_mura.build --manual_dir=DIR).')
-_LOG_EVERY_SECONDS = 10.0
+_ORDER_SALT = 'mura-v1.1/example-order/v1'
+# Serialized tf.train.Example bytes beyond the image (ids, label, ...): only sizes the shards.
+_EXAMPLE_OVERHEAD_BYTES = 256
 
 
 @dataclasses.dataclass
@@ -42,11 +51,15 @@ def _configs() -> List[MuraConfig]:
     return configs
 
 
-class Builder(tfds.core.GeneratorBasedBuilder):
+class Builder(tfds.core.ShardBasedBuilder):
     """DatasetBuilder for MURA-v1.1 (manual download; folder or zip)."""
 
-    VERSION = tfds.core.Version('1.0.0')
+    VERSION = tfds.core.Version('1.1.0')
     RELEASE_NOTES = {
+        '1.1.0': 'Same splits, examples and stored image bytes as 1.0.0; written shard by shard in an '
+                 'order the builder shuffles itself (salted SHA-256 of the image id per split) instead '
+                 'of through the TFDS shuffler, and images that need conversion are converted once: '
+                 'a faster build. Only the order of examples on disk differs.',
         '1.0.0': 'Initial release: configs all + 7 body parts; splits train/validation (official train, '
                  '80/20 by patient, salted SHA-256 of the bare patient id), test (official valid), '
                  'train_10pct/train_1pct (nested, patient-level, stratified by part and label).',
@@ -113,61 +126,73 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             what = f'Manual dir {found.group(1)} does not exist or is empty.' if found else str(e).splitlines()[0]
             raise MuraDataError(f'{what} {WHERE_TO_GET}') from None
 
-    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    def _shard_iterators_per_split(self, dl_manager: tfds.download.DownloadManager
+                                   ) -> Dict[str, List[Callable[[], Iterator[Tuple[str, dict]]]]]:
         manual_dir = self._manual_source_dir(dl_manager)
         part = self.builder_config.body_part
+        name = self.builder_config.name
         with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
             records = [r for r in mura_source.read_records(source) if part is None or r.part == part]
             if not records:
                 raise MuraDataError(f'The MURA CSVs in {source.description} list no {part} images.')
             started = time.time()
-            to_convert = mura_source.find_unreadable(source, records, mura_images.check_image)
-            logging.info('mura/%s: checked %d images in %.1f s (%s); %d to convert to 8-bit gray',
-                         self.builder_config.name, len(records), time.time() - started, source.description,
-                         len(to_convert))
+            converted, sizes = mura_source.prepare_images(source, records, mura_images.prepare_image)
+            logging.info('mura/%s: checked %d images in %.1f s (%s); %d converted to 8-bit gray',
+                         name, len(records), time.time() - started, source.description, len(converted))
         shared = ({r.patient_id for r in records if r.official_split == 'train'}
                   & {r.patient_id for r in records if r.official_split == 'valid'})
         if shared:  # the official splits are patient-disjoint; a modified copy may not be
             logging.warning('mura/%s: %d patient id(s) occur in both official train and valid, e.g. %s; '
-                            'test is then not patient-disjoint from train.', self.builder_config.name,
-                            len(shared), sorted(shared)[0])
+                            'test is then not patient-disjoint from train.', name, len(shared), sorted(shared)[0])
         splits = mura_splits.make_splits(records)
-        empty = [name for name, rs in splits.items() if not rs]
+        empty = [split for split, rs in splits.items() if not rs]
         if empty:
-            raise MuraDataError(f'Too few patients for mura/{self.builder_config.name}: split(s) {", ".join(empty)} '
+            raise MuraDataError(f'Too few patients for mura/{name}: split(s) {", ".join(empty)} '
                                 f'would be empty ({len(records)} images in total).')
-        for name, images, abnormal, patients in mura_splits.split_summary(splits):
-            logging.info('mura/%s %s: %d images (%d abnormal), %d patients', self.builder_config.name, name,
-                         images, abnormal, patients)
-        return {name: self._generate_examples(manual_dir, name, rs, to_convert) for name, rs in splits.items()}
+        for split, images, abnormal, patients in mura_splits.split_summary(splits):
+            logging.info('mura/%s %s: %d images (%d abnormal), %d patients', name, split, images, abnormal,
+                         patients)
+        return {split: [functools.partial(self._generate_examples, manual_dir, split, shard, converted)
+                        for shard in shard_records(split, rs, sizes)]
+                for split, rs in splits.items()}
 
-    def _generate_examples(self, manual_dir: epath.Path, split: str, records: list, to_convert: set):
-        """Yields (image path relative to MURA-v1.1, features), reading images in CSV order.
+    def _generate_examples(self, manual_dir: epath.Path, split: str, records: Sequence,
+                           converted: Dict[str, bytes]) -> Iterator[Tuple[str, dict]]:
+        """Yields (image path relative to MURA-v1.1, features) of one shard, in `records` order.
 
-        Images were checked in _split_generators: those in ``to_convert`` are re-encoded as
-        8-bit gray PNG, all others are stored byte for byte.
+        Images were checked before: those in ``converted`` are stored as converted there (8-bit
+        gray PNG), all others byte for byte.
         """
-        started = last_log = time.time()
-        converted = 0
+        started = time.time()
         with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
-            for count, r in enumerate(records, start=1):
-                try:
-                    png = source.read_bytes(r.key)
-                    if r.key in to_convert:
-                        png = mura_images.decode_to_gray_png(png)[0]
-                        converted += 1
-                except (ValueError, OSError) as e:  # changed since the check in _split_generators
-                    raise MuraDataError(f'Cannot read {r.key} from {source.description}: {e}') from e
+            for r in records:
+                png = converted.get(r.key)
+                if png is None:
+                    try:
+                        png = source.read_bytes(r.key)
+                    except OSError as e:  # changed since the check
+                        raise MuraDataError(f'Cannot read {r.key} from {source.description}: {e}') from e
                 yield r.key, {
                     'image': png, 'label': r.label, 'body_part': r.part, 'patient_id': r.patient_id,
                     'study_id': r.study_id, 'image_id': r.key, 'view_index': r.view_index,
                 }
-                now = time.time()
-                if now - last_log >= _LOG_EVERY_SECONDS or count == len(records):
-                    last_log = now
-                    logging.info('mura/%s %s: %d/%d examples (%.0f/s, %d converted to 1-channel PNG)',
-                                 self.builder_config.name, split, count, len(records),
-                                 count / max(now - started, 1e-9), converted)
+        logging.info('mura/%s %s: wrote a shard of %d examples in %.1f s', self.builder_config.name, split,
+                     len(records), time.time() - started)
+
+
+def example_order(split: str, records: Sequence) -> list:
+    """`records` sorted by a salted SHA-256 of their key (different per split): a fixed shuffle."""
+    return sorted(records, key=lambda r: (mura_splits.stable_unit(r.key, f'{_ORDER_SALT}/{split}'), r.key))
+
+
+def shard_records(split: str, records: Sequence, sizes: Dict[str, int]) -> List[list]:
+    """The split's records in `example_order`, cut into as many shards as TFDS would make for
+    their size (`ShardConfig`), with equal example counts (+-1) as TFDS cuts them."""
+    ordered = example_order(split, records)
+    total = sum(sizes[r.key] + _EXAMPLE_OVERHEAD_BYTES for r in ordered)
+    num_shards = ShardConfig.calculate_number_shards(total, len(ordered))
+    bounds = [round(len(ordered) * i / num_shards) for i in range(num_shards + 1)]
+    return [ordered[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def _holds_files(path: epath.Path) -> bool:

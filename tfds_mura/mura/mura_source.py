@@ -4,11 +4,12 @@ Every image the dataset holds is named by a CSV row; nothing is globbed, so macO
 ``._imageN.png`` sidecars, ``.DS_Store`` files and ``__MACOSX/`` folders are never read.
 All problems are raised as one ``MuraDataError`` that says what is wrong and what to do.
 """
+import concurrent.futures
 import dataclasses
 import os
 import re
 import zipfile
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from etils import epath
 
@@ -17,6 +18,7 @@ ZIP_NAME = 'MURA-v1.1.zip'
 PARTS = ('elbow', 'finger', 'forearm', 'hand', 'humerus', 'shoulder', 'wrist')
 OFFICIAL_SPLITS = ('train', 'valid')
 _MAX_LISTED = 10
+PREPARE_THREADS = 2
 
 _PARTS_RE = '|'.join(p.upper() for p in PARTS)
 _STUDY_PATTERN = rf'^{re.escape(ROOT_NAME)}/(train|valid)/XR_({_PARTS_RE})/(patient\d+)/(study\d+)_(positive|negative)/'
@@ -260,15 +262,22 @@ def read_records(source: MuraSource) -> List[MuraRecord]:
     return records
 
 
-def find_unreadable(source: MuraSource, records: Iterable[MuraRecord], check: Callable[[bytes], bool]) -> Set[str]:
-    """Checks every image once; returns the keys of images that need conversion.
+def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
+                   prepare: Callable[[bytes], Tuple[bytes, bool]],
+                   threads: int = PREPARE_THREADS) -> Tuple[Dict[str, bytes], Dict[str, int]]:
+    """Checks every image once and converts those that need it, on `threads` threads.
+
+    Threads suffice: reading, the CRC walk (zlib) and PIL's decode/encode release the GIL for
+    the bulk of their work.
 
     Raises one MuraDataError naming missing files, or else undecodable ones (up to 10 named,
     with the total count).
 
     Args:
-      check: function(bytes) -> whether the image needs conversion; raises ValueError for
-        an undecodable image.
+      prepare: function(bytes) -> (bytes to store, whether they were converted); raises
+        ValueError for an undecodable image.
+    Returns:
+      (key -> converted bytes, only for converted images; key -> size in bytes of what is stored).
     """
     records = list(records)
     missing = [r.key for r in records if not source.exists(r.key)]
@@ -276,15 +285,25 @@ def find_unreadable(source: MuraSource, records: Iterable[MuraRecord], check: Ca
         raise MuraDataError(list_problems(
             f'Images listed in the CSVs but missing from {source.description}:', missing,
             'Re-download or re-extract MURA-v1.1 (the CSVs and the images must come from the same copy).'))
-    broken, to_convert = [], set()
-    for r in records:
+    def one(key: str):
+        """(stored size, converted bytes or None, problem or None); keeps no unconverted bytes."""
         try:
-            if check(source.read_bytes(r.key)):
-                to_convert.add(r.key)
+            stored, was_converted = prepare(source.read_bytes(key))
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            broken.append(f'{r.key} ({e})')
+            return 0, None, f'{key} ({e})'
+        return len(stored), stored if was_converted else None, None
+
+    broken, converted, sizes = [], {}, {}
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+        for r, (size, stored, problem) in zip(records, pool.map(one, [r.key for r in records])):
+            if problem:
+                broken.append(problem)
+                continue
+            sizes[r.key] = size
+            if stored is not None:
+                converted[r.key] = stored
     if broken:
         raise MuraDataError(list_problems(
             f'Undecodable images (truncated, damaged or not images) in {source.description}:', broken,
             'Re-download MURA-v1.1 or replace these files.'))
-    return to_convert
+    return converted, sizes
