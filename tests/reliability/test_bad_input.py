@@ -20,6 +20,7 @@ import tiny_mura
 import tiny_runs
 from simclr_mura import main
 from simclr_mura.config import ConfigError
+from tfds_mura.mura.mura_dataset_builder import Builder as MuraBuilder
 
 pytestmark = pytest.mark.reliability
 
@@ -133,7 +134,7 @@ def test_failed_rebuild_with_overwrite_keeps_the_existing_dataset_and_a_good_one
     assert build.run(dummy, data_dir, ['hand'], overwrite=True) == 0
     assert 'built in' in capsys.readouterr().out
     assert not [name for name in os.listdir(data_dir) if name.startswith('.')]
-    assert sorted(os.listdir(existing)) == ['1.0.0']
+    assert sorted(os.listdir(existing)) == [str(MuraBuilder.VERSION)]
     assert _snapshot(existing).keys() == before.keys()
 
 
@@ -149,5 +150,5 @@ def test_bad_manual_dir_given_to_run_is_one_line_and_builds_nothing(tmp_path):
     message = str(info.value)
     assert len(message.splitlines()) == 1
     assert message.startswith(f'--tfds_manual_dir={empty}: ') and 'aimi.stanford.edu' in message
-    assert not os.path.exists(os.path.join(data_dir, 'mura', 'elbow', '1.0.0'))
+    assert not os.path.exists(os.path.join(data_dir, 'mura', 'elbow', str(MuraBuilder.VERSION)))
     assert not os.path.exists(tmp_path / 'run')
