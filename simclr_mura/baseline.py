@@ -54,7 +54,7 @@ from absl import logging
 
 from simclr_mura import checkpoints
 from simclr_mura import data_util
-from simclr_mura.config import Config, ConfigError
+from simclr_mura.config import Config, ConfigError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,7 +142,7 @@ def fetch_imagenet_weights(cache_dir: Optional[str] = None) -> str:
         return tf_keras.utils.get_file(IMAGENET_WEIGHTS_FILE, IMAGENET_WEIGHTS_URL, cache_subdir='models',
                                        file_hash=IMAGENET_WEIGHTS_MD5, cache_dir=cache_dir)
     except Exception as e:  # get_file raises a bare Exception for network errors.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(
             f'--baseline_weights=imagenet: the Keras ImageNet weights of DenseNet-169 could not be '
             f'downloaded ({reason}). Without internet access here, download {IMAGENET_WEIGHTS_URL} '
@@ -154,7 +154,7 @@ def _load_h5(model: BaselineModel, path: str, flag_value: str) -> None:
     try:
         model.backbone.load_weights(path)
     except Exception as e:  # Keras raises ValueError, OSError or TF errors for files that do not fit.
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise ConfigError(
             f'--baseline_weights={flag_value}: {path} does not fit the DenseNet-169 backbone ({reason}); '
             f'pass the Keras weights of a DenseNet-169 without top ({IMAGENET_WEIGHTS_FILE}) or a '

@@ -22,7 +22,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from simclr_mura.config import ConfigError
+from simclr_mura.config import ConfigError, first_line
 
 _VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _HEAD_PREFIX = 'model/supervised_head/'
@@ -84,7 +84,7 @@ def checkpoint_problem(path: str) -> Optional[str]:
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
     except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ...)
-        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return first_line(e)
     return None
 
 
@@ -138,7 +138,7 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
                 tf.io.gfile.rmtree(name)
             else:
                 tf.io.gfile.remove(name)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         previous = tf.train.latest_checkpoint(manager.directory)
         if previous and os.path.basename(previous) == os.path.basename(prefix):
             previous = None

@@ -38,6 +38,12 @@ class ConfigError(ValueError):
     """A setting, or a combination of settings, that cannot run. One line per problem."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if empty), for one-line errors."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """All settings of one run. Field names equal the absl flag names."""
