@@ -33,8 +33,8 @@ SPLITS = ('train', 'validation', 'test', 'train_10pct', 'train_1pct')
 tfds.disable_progress_bar()
 
 
-def _build(manual_dir, data_dir, config='all'):
-    builder = tfds.builder(f'mura/{config}', data_dir=str(data_dir))
+def _build(manual_dir, data_dir, config='all', **builder_kwargs):
+    builder = tfds.builder(f'mura/{config}', data_dir=str(data_dir), **builder_kwargs)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
     return builder
 
@@ -169,6 +169,19 @@ def test_build_is_deterministic_and_zip_equals_folder(tree, built, tmp_path):
     for name in files:
         data = (builder_a.data_path / name).read_bytes()
         assert data == (builder_b.data_path / name).read_bytes() == (builder_z.data_path / name).read_bytes()
+
+
+def test_mura_writer_writes_the_same_files_as_tfds_writer(tree, built, tmp_path):
+    # The default writer (mura_writer: direct example encoding, shards on threads) against TFDS's
+    # own shard writer on the same zip: every file of the dataset folder, JSON metadata included.
+    base, _ = tree
+    builder, _ = built
+    reference = _build(base / 'zip', tmp_path / 'tfds', tfds_writer=True)
+    names = sorted(os.listdir(builder.data_path))
+    assert sum('.tfrecord' in n for n in names) >= 5 and names == sorted(os.listdir(reference.data_path))
+    for name in names:
+        assert (builder.data_path / name).read_bytes() == (reference.data_path / name).read_bytes(), name
+    assert builder.info.splits['train'].shard_lengths == reference.info.splits['train'].shard_lengths
 
 
 def test_gray_pngs_pass_through_and_rgb_is_converted(tree, built):

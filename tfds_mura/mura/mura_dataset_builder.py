@@ -8,10 +8,14 @@ level). See README.md (the dataset card) for how the splits are made.
 How it is written: a `ShardBasedBuilder`. Each split's examples are put in an order the builder
 shuffles itself (a salted SHA-256 of the image id, per split) and written shard by shard, so
 TFDS's shuffler (which serializes every example into temporary bucket files, reads them back and
-sorts them) is not needed. Readers shuffle files and examples as before.
+sorts them) is not needed. Readers shuffle files and examples as before. The shards are written
+by `mura_writer` on several threads with the examples encoded directly: the same files, byte for
+byte, as TFDS's own shard writer, which `Builder(tfds_writer=True)` still uses (tests and
+benchmarks compare the two).
 """
 import dataclasses
 import functools
+import os
 import re
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -25,6 +29,7 @@ from tensorflow_datasets.core.utils.shard_utils import ShardConfig
 from tfds_mura.mura import mura_images
 from tfds_mura.mura import mura_source
 from tfds_mura.mura import mura_splits
+from tfds_mura.mura import mura_writer
 from tfds_mura.mura.mura_source import MuraDataError
 
 PARTS = mura_source.PARTS
@@ -102,6 +107,12 @@ class Builder(tfds.core.ShardBasedBuilder):
             homepage=_HOMEPAGE,
         )
 
+    def __init__(self, *, tfds_writer: bool = False, **kwargs):
+        """`tfds_writer=True` writes through TFDS's shard writer instead of `mura_writer` (same files,
+        slower); other arguments as for any TFDS builder."""
+        super().__init__(**kwargs)
+        self._tfds_writer = tfds_writer
+
     def download_and_prepare(self, *args, **kwargs):  # pylint: disable=arguments-differ
         """As in TFDS; on a MuraDataError also removes the empty folders TFDS made on the way.
 
@@ -126,8 +137,12 @@ class Builder(tfds.core.ShardBasedBuilder):
             what = f'Manual dir {found.group(1)} does not exist or is empty.' if found else str(e).splitlines()[0]
             raise MuraDataError(f'{what} {WHERE_TO_GET}') from None
 
-    def _shard_iterators_per_split(self, dl_manager: tfds.download.DownloadManager
-                                   ) -> Dict[str, List[Callable[[], Iterator[Tuple[str, dict]]]]]:
+    def _plan(self, dl_manager: tfds.download.DownloadManager
+              ) -> Tuple[epath.Path, Dict[str, List[list]], Dict[str, bytes]]:
+        """(manual dir, split -> its shards' records in writing order, key -> converted PNG bytes).
+
+        Every image is checked (and converted where needed) here, before anything is written.
+        """
         manual_dir = self._manual_source_dir(dl_manager)
         part = self.builder_config.body_part
         name = self.builder_config.name
@@ -152,9 +167,49 @@ class Builder(tfds.core.ShardBasedBuilder):
         for split, images, abnormal, patients in mura_splits.split_summary(splits):
             logging.info('mura/%s %s: %d images (%d abnormal), %d patients', name, split, images, abnormal,
                          patients)
+        return manual_dir, {split: shard_records(split, rs, sizes) for split, rs in splits.items()}, converted
+
+    def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
+                              download_config: Optional[tfds.download.DownloadConfig] = None) -> None:
+        if self._tfds_writer or self.info.file_format != tfds.core.FileFormat.TFRECORD:
+            return super()._download_and_prepare(dl_manager, download_config)
+        manual_dir, shards, converted = self._plan(dl_manager)
+        started = time.time()
+        with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
+            def stored_image(record) -> bytes:
+                png = converted.get(record.key)
+                return png if png is not None else _read_checked(source, record)
+
+            first = next(iter(shards.values()))[0][0]
+            png = stored_image(first)
+            encoder = mura_writer.ExampleEncoder(self.info.features, _example(first, png), _values(first, png))
+            if not encoder.exact:
+                logging.warning('mura/%s: the direct example encoding differs from TFDS\'s here (another '
+                                'protobuf or TFDS version?); serializing through TFDS instead (slower).',
+                                self.builder_config.name)
+            jobs, templates = [], {}
+            for split, split_shards in shards.items():
+                templates[split] = self._get_filename_template(split_name=split)
+                jobs += [mura_writer.ShardJob(os.fspath(templates[split].sharded_filepath(
+                    shard_index=i, num_shards=len(split_shards))), shard) for i, shard in enumerate(split_shards)]
+
+            def serialize(record) -> bytes:
+                png = stored_image(record)
+                return encoder.encode(_example(record, png), _values(record, png))
+
+            sizes = iter(mura_writer.write_shards(jobs, serialize))
+        self.info.set_splits(tfds.core.SplitDict([
+            tfds.core.SplitInfo(name=split, shard_lengths=[len(shard) for shard in split_shards],
+                                num_bytes=sum(next(sizes) for _ in split_shards), filename_template=templates[split])
+            for split, split_shards in shards.items()]))
+        logging.info('mura/%s: wrote %d shards in %.1f s', self.builder_config.name, len(jobs), time.time() - started)
+
+    def _shard_iterators_per_split(self, dl_manager: tfds.download.DownloadManager
+                                   ) -> Dict[str, List[Callable[[], Iterator[Tuple[str, dict]]]]]:
+        manual_dir, shards, converted = self._plan(dl_manager)
         return {split: [functools.partial(self._generate_examples, manual_dir, split, shard, converted)
-                        for shard in shard_records(split, rs, sizes)]
-                for split, rs in splits.items()}
+                        for shard in split_shards]
+                for split, split_shards in shards.items()}
 
     def _generate_examples(self, manual_dir: epath.Path, split: str, records: Sequence,
                            converted: Dict[str, bytes]) -> Iterator[Tuple[str, dict]]:
@@ -167,17 +222,33 @@ class Builder(tfds.core.ShardBasedBuilder):
         with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
             for r in records:
                 png = converted.get(r.key)
-                if png is None:
-                    try:
-                        png = source.read_bytes(r.key)
-                    except OSError as e:  # changed since the check
-                        raise MuraDataError(f'Cannot read {r.key} from {source.description}: {e}') from e
-                yield r.key, {
-                    'image': png, 'label': r.label, 'body_part': r.part, 'patient_id': r.patient_id,
-                    'study_id': r.study_id, 'image_id': r.key, 'view_index': r.view_index,
-                }
+                yield r.key, _example(r, png if png is not None else _read_checked(source, r))
         logging.info('mura/%s %s: wrote a shard of %d examples in %.1f s', self.builder_config.name, split,
                      len(records), time.time() - started)
+
+
+def _read_checked(source: mura_source.MuraSource, record) -> bytes:
+    """The image bytes of a record that passed the check (a read error now means it changed since)."""
+    try:
+        return source.read_bytes(record.key)
+    except OSError as e:
+        raise MuraDataError(f'Cannot read {record.key} from {source.description}: {e}') from e
+
+
+def _example(record, png: bytes) -> dict:
+    """One example as TFDS's FeatureConnectors take it."""
+    return {'image': png, 'label': record.label, 'body_part': record.part, 'patient_id': record.patient_id,
+            'study_id': record.study_id, 'image_id': record.key, 'view_index': record.view_index}
+
+
+_PART_INDEX = {part: i for i, part in enumerate(PARTS)}
+
+
+def _values(record, png: bytes) -> Dict[str, object]:
+    """The same example as its serialized values: class indices and UTF-8 bytes."""
+    return {'image': png, 'label': record.label, 'body_part': _PART_INDEX[record.part],
+            'patient_id': record.patient_id.encode('utf-8'), 'study_id': record.study_id.encode('utf-8'),
+            'image_id': record.key.encode('utf-8'), 'view_index': record.view_index}
 
 
 def example_order(split: str, records: Sequence) -> list:
