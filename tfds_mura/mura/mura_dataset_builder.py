@@ -137,11 +137,14 @@ class Builder(tfds.core.ShardBasedBuilder):
             what = f'Manual dir {found.group(1)} does not exist or is empty.' if found else str(e).splitlines()[0]
             raise MuraDataError(f'{what} {WHERE_TO_GET}') from None
 
-    def _plan(self, dl_manager: tfds.download.DownloadManager
-              ) -> Tuple[epath.Path, Dict[str, List[list]], Dict[str, bytes]]:
-        """(manual dir, split -> its shards' records in writing order, key -> converted PNG bytes).
+    def _plan(self, dl_manager: tfds.download.DownloadManager, defer_gray8: bool = False
+              ) -> Tuple[epath.Path, Dict[str, List[list]], Dict[str, bytes], set]:
+        """(manual dir, split -> its shards' records in writing order, key -> converted PNG bytes,
+        keys of images still to be checked).
 
-        Every image is checked (and converted where needed) here, before anything is written.
+        Every image is checked (and converted where needed) here, before anything is written;
+        with `defer_gray8`, 8-bit gray PNGs (stored as they are) are only recognised by their
+        header here and are left to be checked by the writer when it reads them.
         """
         manual_dir = self._manual_source_dir(dl_manager)
         part = self.builder_config.body_part
@@ -151,9 +154,12 @@ class Builder(tfds.core.ShardBasedBuilder):
             if not records:
                 raise MuraDataError(f'The MURA CSVs in {source.description} list no {part} images.')
             started = time.time()
-            converted, sizes = mura_source.prepare_images(source, records, mura_images.prepare_image)
-            logging.info('mura/%s: checked %d images in %.1f s (%s); %d converted to 8-bit gray',
-                         name, len(records), time.time() - started, source.description, len(converted))
+            converted, sizes, deferred = mura_source.prepare_images(
+                source, records, mura_images.prepare_image,
+                read_gray8_header=mura_images.starts_gray8_png if defer_gray8 else None)
+            logging.info('mura/%s: scanned %d images in %.1f s (%s); %d converted to 8-bit gray, %d to check '
+                         'while writing', name, len(records), time.time() - started, source.description,
+                         len(converted), len(deferred))
         shared = ({r.patient_id for r in records if r.official_split == 'train'}
                   & {r.patient_id for r in records if r.official_split == 'valid'})
         if shared:  # the official splits are patient-disjoint; a modified copy may not be
@@ -167,22 +173,31 @@ class Builder(tfds.core.ShardBasedBuilder):
         for split, images, abnormal, patients in mura_splits.split_summary(splits):
             logging.info('mura/%s %s: %d images (%d abnormal), %d patients', name, split, images, abnormal,
                          patients)
-        return manual_dir, {split: shard_records(split, rs, sizes) for split, rs in splits.items()}, converted
+        return (manual_dir, {split: shard_records(split, rs, sizes) for split, rs in splits.items()}, converted,
+                deferred)
 
     def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                               download_config: Optional[tfds.download.DownloadConfig] = None) -> None:
         if self._tfds_writer or self.info.file_format != tfds.core.FileFormat.TFRECORD:
             return super()._download_and_prepare(dl_manager, download_config)
-        manual_dir, shards, converted = self._plan(dl_manager)
+        manual_dir, shards, converted, deferred = self._plan(dl_manager, defer_gray8=True)
         started = time.time()
+        problems = {}
         with mura_source.open_source(manual_dir, WHERE_TO_GET) as source:
-            def stored_image(record) -> bytes:
+            def serialize(record) -> Optional[bytes]:
                 png = converted.get(record.key)
-                return png if png is not None else _read_checked(source, record)
+                if png is None:
+                    png = _read_checked(source, record)
+                    if record.key in deferred:
+                        try:
+                            mura_images.check_png(png)
+                        except mura_images.ImageProblem as e:
+                            problems[record.key] = f'{record.key} ({e})'  # the build fails after the check
+                            return None
+                return encoder.encode(_example(record, png), _values(record, png))
 
             first = next(iter(shards.values()))[0][0]
-            png = stored_image(first)
-            encoder = mura_writer.ExampleEncoder(self.info.features, _example(first, png), _values(first, png))
+            encoder = mura_writer.ExampleEncoder(self.info.features, _example(first, b''), _values(first, b''))
             if not encoder.exact:
                 logging.warning('mura/%s: the direct example encoding differs from TFDS\'s here (another '
                                 'protobuf or TFDS version?); serializing through TFDS instead (slower).',
@@ -192,21 +207,19 @@ class Builder(tfds.core.ShardBasedBuilder):
                 templates[split] = self._get_filename_template(split_name=split)
                 jobs += [mura_writer.ShardJob(os.fspath(templates[split].sharded_filepath(
                     shard_index=i, num_shards=len(split_shards))), shard) for i, shard in enumerate(split_shards)]
-
-            def serialize(record) -> bytes:
-                png = stored_image(record)
-                return encoder.encode(_example(record, png), _values(record, png))
-
-            sizes = iter(mura_writer.write_shards(jobs, serialize))
+            sizes = iter(mura_writer.write_shards(jobs, serialize, threads=mura_source.BUILD_THREADS))
+            if problems:  # TFDS then deletes the unfinished dataset
+                raise mura_source.undecodable_images_error(source, [problems[k] for k in sorted(problems)])
         self.info.set_splits(tfds.core.SplitDict([
             tfds.core.SplitInfo(name=split, shard_lengths=[len(shard) for shard in split_shards],
                                 num_bytes=sum(next(sizes) for _ in split_shards), filename_template=templates[split])
             for split, split_shards in shards.items()]))
-        logging.info('mura/%s: wrote %d shards in %.1f s', self.builder_config.name, len(jobs), time.time() - started)
+        logging.info('mura/%s: checked the rest and wrote %d shards in %.1f s', self.builder_config.name,
+                     len(jobs), time.time() - started)
 
     def _shard_iterators_per_split(self, dl_manager: tfds.download.DownloadManager
                                    ) -> Dict[str, List[Callable[[], Iterator[Tuple[str, dict]]]]]:
-        manual_dir, shards, converted = self._plan(dl_manager)
+        manual_dir, shards, converted, _ = self._plan(dl_manager)
         return {split: [functools.partial(self._generate_examples, manual_dir, split, shard, converted)
                         for shard in split_shards]
                 for split, split_shards in shards.items()}

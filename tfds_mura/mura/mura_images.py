@@ -52,6 +52,17 @@ class PngHeader:
         return f'{self.width}x{self.height} {kind} {self.bit_depth}-bit'
 
 
+def starts_gray8_png(prefix: bytes) -> bool:
+    """Whether bytes begin like an 8-bit gray PNG: signature, then an IHDR saying so.
+
+    Only the header: the whole file still needs `check_png` before it is trusted.
+    """
+    if len(prefix) < 33 or not prefix.startswith(PNG_SIGNATURE):
+        return False
+    length, ctype, width, height, depth, color = struct.unpack_from('>I4sIIBB', prefix, 8)
+    return length == 13 and ctype == b'IHDR' and width > 0 and height > 0 and depth == 8 and color == 0
+
+
 def check_png(data: bytes) -> PngHeader:
     """Validates the chunk structure of a PNG and returns its header.
 

@@ -18,7 +18,10 @@ ZIP_NAME = 'MURA-v1.1.zip'
 PARTS = ('elbow', 'finger', 'forearm', 'hand', 'humerus', 'shoulder', 'wrist')
 OFFICIAL_SPLITS = ('train', 'valid')
 _MAX_LISTED = 10
-PREPARE_THREADS = 2
+# Threads that check, convert and write images: reads, zlib and PIL release the GIL.
+BUILD_THREADS = min(8, os.cpu_count() or 1)
+_PREPARE_BATCH = 64
+GRAY8_HEADER_BYTES = 33  # PNG signature + IHDR chunk
 
 _PARTS_RE = '|'.join(p.upper() for p in PARTS)
 _STUDY_PATTERN = rf'^{re.escape(ROOT_NAME)}/(train|valid)/XR_({_PARTS_RE})/(patient\d+)/(study\d+)_(positive|negative)/'
@@ -70,6 +73,14 @@ class MuraSource:
         """Whether a file given relative to MURA-v1.1/ exists."""
         raise NotImplementedError
 
+    def read_prefix(self, relpath: str, size: int) -> bytes:
+        """The first `size` bytes of a file (fewer if it is shorter)."""
+        return self.read_bytes(relpath)[:size]
+
+    def size(self, relpath: str) -> int:
+        """The file's size in bytes."""
+        return len(self.read_bytes(relpath))
+
     def close(self) -> None:
         """Releases open handles."""
 
@@ -100,6 +111,16 @@ class FolderSource(MuraSource):
         if self._local is not None:
             return os.path.isfile(os.path.join(self._local, relpath))
         return (self.root / relpath).is_file()
+
+    def read_prefix(self, relpath: str, size: int) -> bytes:
+        with (open(os.path.join(self._local, relpath), 'rb') if self._local is not None
+              else (self.root / relpath).open('rb')) as f:
+            return f.read(size)
+
+    def size(self, relpath: str) -> int:
+        if self._local is not None:
+            return os.path.getsize(os.path.join(self._local, relpath))
+        return (self.root / relpath).stat().length
 
 
 class ZipSource(MuraSource):
@@ -135,6 +156,13 @@ class ZipSource(MuraSource):
 
     def exists(self, relpath: str) -> bool:
         return f'{ROOT_NAME}/{relpath}' in self._names
+
+    def read_prefix(self, relpath: str, size: int) -> bytes:
+        with self._zip.open(f'{ROOT_NAME}/{relpath}') as f:
+            return f.read(size)
+
+    def size(self, relpath: str) -> int:
+        return self._zip.getinfo(f'{ROOT_NAME}/{relpath}').file_size
 
     def close(self) -> None:
         if getattr(self, '_zip', None) is not None:
@@ -262,13 +290,27 @@ def read_records(source: MuraSource) -> List[MuraRecord]:
     return records
 
 
+def undecodable_images_error(source: MuraSource, problems: Sequence[str]) -> MuraDataError:
+    """The one error for images that are truncated, damaged or not images ('<key> (<why>)' each)."""
+    return MuraDataError(list_problems(
+        f'Undecodable images (truncated, damaged or not images) in {source.description}:', list(problems),
+        'Re-download MURA-v1.1 or replace these files.'))
+
+
 def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
                    prepare: Callable[[bytes], Tuple[bytes, bool]],
-                   threads: int = PREPARE_THREADS) -> Tuple[Dict[str, bytes], Dict[str, int]]:
+                   read_gray8_header: Optional[Callable[[bytes], bool]] = None,
+                   threads: int = BUILD_THREADS) -> Tuple[Dict[str, bytes], Dict[str, int], set]:
     """Checks every image once and converts those that need it, on `threads` threads.
 
     Threads suffice: reading, the CRC walk (zlib) and PIL's decode/encode release the GIL for
     the bulk of their work.
+
+    With `read_gray8_header` (function(first bytes) -> whether they start an 8-bit gray PNG),
+    images whose first `GRAY8_HEADER_BYTES` say so are only sized here and returned as
+    "deferred": they are stored byte for byte, and the caller checks them when it reads them
+    anyway (one read per image instead of two). If any other image is broken, every image is
+    checked at once so that the error lists all of them.
 
     Raises one MuraDataError naming missing files, or else undecodable ones (up to 10 named,
     with the total count).
@@ -277,7 +319,8 @@ def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
       prepare: function(bytes) -> (bytes to store, whether they were converted); raises
         ValueError for an undecodable image.
     Returns:
-      (key -> converted bytes, only for converted images; key -> size in bytes of what is stored).
+      (key -> converted bytes, only for converted images; key -> size in bytes of what is stored;
+      the deferred keys).
     """
     records = list(records)
     missing = [r.key for r in records if not source.exists(r.key)]
@@ -285,25 +328,37 @@ def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
         raise MuraDataError(list_problems(
             f'Images listed in the CSVs but missing from {source.description}:', missing,
             'Re-download or re-extract MURA-v1.1 (the CSVs and the images must come from the same copy).'))
+
     def one(key: str):
-        """(stored size, converted bytes or None, problem or None); keeps no unconverted bytes."""
+        """(stored size, converted bytes or None, problem or None, deferred); keeps no unconverted bytes."""
         try:
+            if read_gray8_header is not None and read_gray8_header(source.read_prefix(key, GRAY8_HEADER_BYTES)):
+                return source.size(key), None, None, True
             stored, was_converted = prepare(source.read_bytes(key))
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-            return 0, None, f'{key} ({e})'
-        return len(stored), stored if was_converted else None, None
+            return 0, None, f'{key} ({e})', False
+        return len(stored), stored if was_converted else None, None, False
 
-    broken, converted, sizes = [], {}, {}
+    def batch(keys: List[str]) -> list:
+        return [one(key) for key in keys]
+
+    keys = [r.key for r in records]
+    # Batches, not one task per image: a thread-pool task costs tens of µs, as much as a check.
+    batches = [keys[i:i + _PREPARE_BATCH] for i in range(0, len(keys), _PREPARE_BATCH)]
+    broken, converted, sizes, deferred = [], {}, {}, set()
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        for r, (size, stored, problem) in zip(records, pool.map(one, [r.key for r in records])):
+        results = (result for batch_results in pool.map(batch, batches) for result in batch_results)
+        for key, (size, stored, problem, is_deferred) in zip(keys, results):
             if problem:
                 broken.append(problem)
                 continue
-            sizes[r.key] = size
+            sizes[key] = size
             if stored is not None:
-                converted[r.key] = stored
+                converted[key] = stored
+            if is_deferred:
+                deferred.add(key)
+    if broken and read_gray8_header is not None:
+        return prepare_images(source, records, prepare, threads=threads)  # raises, naming every broken image
     if broken:
-        raise MuraDataError(list_problems(
-            f'Undecodable images (truncated, damaged or not images) in {source.description}:', broken,
-            'Re-download MURA-v1.1 or replace these files.'))
-    return converted, sizes
+        raise undecodable_images_error(source, broken)
+    return converted, sizes, deferred

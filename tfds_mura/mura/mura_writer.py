@@ -128,17 +128,20 @@ class ShardJob:
     items: Sequence
 
 
-def write_shards(jobs: Sequence[ShardJob], serialize: Callable[[object], bytes],
+def write_shards(jobs: Sequence[ShardJob], serialize: Callable[[object], Optional[bytes]],
                  threads: Optional[int] = None) -> List[int]:
     """Writes every job's records (`serialize(item)`, in order) to its TFRecord file.
 
-    Whole shards go to `threads` threads (default: the CPU count, at most 8): reading the
-    images and writing the files release the GIL. Returns each file's size in bytes.
+    An item that `serialize` maps to None is left out (the caller has recorded why). Whole
+    shards go to `threads` threads (default: the CPU count, at most 8): reading the images and
+    writing the files release the GIL. Returns each file's size in bytes.
     """
     def write(job: ShardJob) -> int:
         with tf.io.TFRecordWriter(job.path) as writer:
             for item in job.items:
-                writer.write(serialize(item))
+                record = serialize(item)
+                if record is not None:
+                    writer.write(record)
         return os.path.getsize(job.path)
 
     threads = threads or min(8, os.cpu_count() or 1)
