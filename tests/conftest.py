@@ -35,3 +35,23 @@ def _fresh_collective_keys():
     if hasattr(cls, '_collective_key_base'):
         cls._collective_key_base += _COLLECTIVE_KEY_STRIDE
     yield
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _temp_files_inside_pytest_basetemp(tmp_path_factory):
+    """Points `tempfile` (and child processes, through TMPDIR) into pytest's own temp folder.
+
+    Every `tfds.builder()` leaves an empty `tmp*tfds` folder in the system temp dir
+    (`DatasetInfo.initialize_from_bucket`); a suite run makes over a thousand. Inside pytest's
+    basetemp they go with the rest when pytest prunes old runs.
+    """
+    import tempfile  # pylint: disable=import-outside-toplevel
+    folder = str(tmp_path_factory.mktemp('tempfile'))
+    saved_env, saved_dir = os.environ.get('TMPDIR'), tempfile.tempdir
+    os.environ['TMPDIR'], tempfile.tempdir = folder, folder
+    yield
+    tempfile.tempdir = saved_dir
+    if saved_env is None:
+        os.environ.pop('TMPDIR', None)
+    else:
+        os.environ['TMPDIR'] = saved_env
