@@ -52,12 +52,17 @@ _SEED_FINETUNE = {('elbow', 1): (0.475, 0.460, 0.356), ('elbow', 10): (0.606, 0.
                   ('hand', 10): (0.617, 0.582, 0.243), ('hand', 100): (0.608, 0.560, 0.222),
                   ('shoulder', 1): (0.525, 0.514, 0.708), ('shoulder', 10): (0.589, 0.583, 0.593),
                   ('shoulder', 100): (0.628, 0.633, 0.589)}
-NOTES = ('Metrics are on the eval split of each run (test = the official MURA valid set). A study is '
+_NOTES = ('Metrics are on the eval split of each run (test = the official MURA valid set). A study is '
          'abnormal when the mean of its images\' probabilities is > 0.5 (the MURA paper). CIs: 95% '
-         'percentile bootstrap over studies (1000 resamples, seed 0). "seed a/p/r": the seed '
+         'percentile bootstrap over studies ({resamples} resamples, seed 0). "seed a/p/r": the seed '
          'report\'s accuracy/precision/recall (its baseline: study level, 128 px; its "Finetune": '
          'linear evaluation per image at 224 px). "paper kappa": the MURA paper\'s DenseNet-169 '
          'on its hidden test set.')
+
+
+def notes(num_resamples: int) -> str:
+    """The explanation printed under the results tables."""
+    return _NOTES.format(resamples=f'{num_resamples:,}')
 
 
 def method_name(settings: Dict) -> str:
@@ -208,7 +213,7 @@ def markdown_tables(table: pd.DataFrame) -> Dict[str, List[List[str]]]:
     return out
 
 
-def to_markdown(table: pd.DataFrame) -> str:
+def to_markdown(table: pd.DataFrame, num_resamples: int = 1000) -> str:
     """results.md: a study-level and an image-level table, then the notes."""
     if table.empty:
         return '(no finished runs)'
@@ -219,7 +224,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         parts.append('|' + '|'.join('---' for _ in rows[0]) + '|')
         parts += ['| ' + ' | '.join(r) + ' |' for r in rows[1:]]
         parts.append('')
-    parts.append(NOTES)
+    parts.append(notes(num_resamples))
     return '\n'.join(parts)
 
 
@@ -384,10 +389,11 @@ def write_report(model_root: str, out: str, data_dir: Optional[str] = None,
     table = collect(model_root, data_dir, runs, num_resamples)
     tf.io.gfile.makedirs(out)
     io_util.write_text_atomic(os.path.join(out, 'results.csv'), table.to_csv(index=False))
-    markdown = to_markdown(table)
+    markdown = to_markdown(table, num_resamples)
     io_util.write_text_atomic(os.path.join(out, 'results.md'), '# Results\n\n' + markdown + '\n')
     written = write_figures(table, runs, out, data_dir) if runs else []
-    section = html_page.results_section(markdown_tables(table) if runs else {}, NOTES, written, out)
+    section = html_page.results_section(markdown_tables(table) if runs else {}, notes(num_resamples), written,
+                                           out)
     html_page.write_section(out, 'results', section)
     html_page.write_index(out)
     return table

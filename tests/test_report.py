@@ -91,6 +91,7 @@ def test_table_has_one_row_per_run_in_order(grid):
     markdown = (grid['out'] / 'results.md').read_text()
     assert markdown.count('| elbow | DenseNet-169 baseline | 100% |') == 2  # study and image tables
     assert '0.82/0.51/0.33' in markdown
+    assert f'({RESAMPLES} resamples, seed 0)' in markdown  # the CIs' caption names the resamples used
 
 
 def _sklearn_metrics(labels, probabilities):
