@@ -32,8 +32,13 @@ _FEATURE_BYTES_LIST, _FEATURE_INT64_LIST = 1, 3
 _LIST_VALUE = 1         # BytesList.value / Int64List.value (packed)
 
 
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+
+
 def _varint(value: int) -> bytes:
     """Protobuf base-128 varint; negative int64 values take 10 bytes (two's complement)."""
+    if 0 <= value < 128:
+        return _SMALL_VARINTS[value]
     value &= (1 << 64) - 1
     out = bytearray()
     while value > 0x7F:
@@ -43,8 +48,13 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _header(number: int, length: int) -> bytes:
+    """Tag and length of a length-delimited field (the payload follows)."""
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(length)
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+    return _header(number, len(payload)) + payload
 
 
 def _read_varint(data: bytes, pos: int):
@@ -106,15 +116,26 @@ class ExampleEncoder:
         return self._tfds.serialize_example(self._features.encode_example(example))
 
     def _direct_encode(self, values: Dict[str, object]) -> bytes:
-        entries = []
+        # Headers are built from lengths and joined once, so the image bytes are copied once
+        # (nesting each message in the next would copy them at every level).
+        pieces, total = [], 0
         for name in self._order:
             value = values[name]
             if self._integer[name]:
-                feature = _field(_FEATURE_INT64_LIST, _field(_LIST_VALUE, _varint(value)))
+                body, kind = [_varint(value)], _FEATURE_INT64_LIST
             else:
-                feature = _field(_FEATURE_BYTES_LIST, _field(_LIST_VALUE, value))
-            entries.append(_field(_FEATURES_MAP, self._key_fields[name] + _field(_MAP_VALUE, feature)))
-        return _field(_EXAMPLE_FEATURES, b''.join(entries))
+                body, kind = [value], _FEATURE_BYTES_LIST
+            length = len(body[0])
+            for number in (_LIST_VALUE, kind, _MAP_VALUE):
+                header = _header(number, length)
+                body.insert(0, header)
+                length += len(header)
+            body.insert(0, self._key_fields[name])
+            length += len(self._key_fields[name])
+            header = _header(_FEATURES_MAP, length)
+            pieces += [header] + body
+            total += len(header) + length
+        return b''.join([_header(_EXAMPLE_FEATURES, total)] + pieces)
 
     def encode(self, example: dict, values: Dict[str, object]) -> bytes:
         """The serialized tf.train.Example of one example, given in both forms (see Args)."""
