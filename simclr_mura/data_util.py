@@ -26,10 +26,10 @@ Speed, with the same views as the original's order (decode, whole image -> float
   RGB only after the final clip. On R = G = B every op of the original acts on each channel alike
   and gives R = G = B again: resize, flip, brightness, contrast (per-channel mean) per channel;
   saturation and hue give each grey pixel back unchanged, so they are skipped; random grayscale
-  is computed on the 3-tiled copy (its weights sum to 0.9999, so it is not the identity). Every
-  random draw is the same, so a seed gives the same view bit for bit on both paths
-  (tests/test_data_util.py checks it over 200 seeds). An unknown channel count takes the RGB path.
-  The grey path is about 40% less CPU per two-view example (benchmarks/bench_input.py).
+  is computed on the 3-tiled copy (its weights sum to 0.9999, so it is not the identity). The
+  random draws are the same (saturation's and hue's go unused), so a seed gives the same view bit
+  for bit on both paths (tests/test_data_util.py checks it over 200 seeds). An unknown channel
+  count takes the RGB path. Two-view input costs about 45% less CPU (benchmarks/bench_input.py).
 """
 from typing import List, Optional, Sequence
 
