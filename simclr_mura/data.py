@@ -8,8 +8,9 @@ image_size <= 32), repeat] -> map(AUTOTUNE) -> batch(per-replica batch, drop_rem
 
 Elements are `(images, targets)`:
 * images: (B, H, W, 6), two augmented views concatenated on channels, for pretraining;
-  (B, H, W, 3), one view, otherwise. The 1-channel radiograph is tiled to RGB before augmentation
-  (`data_util.preprocess_image`). The DenseNet baseline passes its own one-view preprocessing
+  (B, H, W, 3), one view, otherwise. The 1-channel radiograph is augmented on its one channel
+  and each view is tiled to RGB at the end, which gives the views of the original's
+  tile-then-augment order (`data_util` docstring: grey path). The DenseNet baseline passes its own one-view preprocessing
   (`preprocess_fn`: resize, flip and rotation, see `baseline.py`).
 * targets: dict with 'label' (B, 2) one-hot float32, 'weight' (B,) float32 (per-example class
   weight, 1 without class weighting) and 'key' (B,) int64: a fingerprint of `image_id`. Keys are
@@ -237,8 +238,8 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
     if is_training and seed is not None:
         view_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if is_training and is_pretrain:
-        image = tf.concat([preprocess(image, seed=view_seeds[0]), preprocess(image, seed=view_seeds[1])],
-                          -1)
+        image = data_util.preprocess_views(image, image_size, image_size, color_jitter_strength,
+                                           view_seeds)
     elif is_training:
         image = preprocess(image, seed=view_seeds[0])
     else:

@@ -13,16 +13,23 @@ the op counter of the graph holding it, and every cond branch has its own counte
 op in the branches of two calls (the two views of one map function) would get the same seed
 and draw the same numbers. Code that calls these functions inside a cond should pass a seed.
 
-Two-view pretraining uses `preprocess_image(..., is_training=True, color_jitter_strength=s)`
-per view in the input pipeline; the Gaussian blur is *not* part of the pipeline but is
-applied by the model on each view's batch with `batch_random_blur`.
+Two-view pretraining uses `preprocess_views(image, ..., seeds=[s1, s2])` in the input pipeline
+(the two `preprocess_for_train` views side by side); the Gaussian blur is *not* part of the
+pipeline but is applied by the model on each view's batch with `batch_random_blur`.
 
-The crops (random resized crop, eval centre crop) also take the decoded image as it is (uint8,
-1 or 3 channels) and convert only the cropped pixels to float RGB (`to_float_rgb`) just before the
-resize. The conversion and the grey -> RGB tiling are per-pixel, so the result is bit-for-bit the
-same as converting the whole image first (as the original does). It saves about 10% CPU per eval
-example (one crop of 77% of the image); two training crops cover about as many pixels as the
-whole image, so there it is even (benchmarks/bench_input.py).
+Speed, with the same views as the original's order (decode, whole image -> float RGB, crop):
+* The crops (random resized crop, eval centre crop) take the decoded image as it is (uint8, 1 or
+  3 channels) and convert only the cropped pixels to float just before the resize; the conversion
+  is per pixel, so converting first gives the same values.
+* Grey path: an image whose channel count is statically 1 (MURA radiographs, decoded with
+  channels=1) is cropped, resized, flipped and colour-jittered on that one channel and tiled to
+  RGB only after the final clip. On R = G = B every op of the original acts on each channel alike
+  and gives R = G = B again: resize, flip, brightness, contrast (per-channel mean) per channel;
+  saturation and hue give each grey pixel back unchanged, so they are skipped; random grayscale
+  is computed on the 3-tiled copy (its weights sum to 0.9999, so it is not the identity). The
+  random draws are the same (saturation's and hue's go unused), so a seed gives the same view bit
+  for bit on both paths (tests/test_data_util.py checks it over 200 seeds). An unknown channel
+  count takes the RGB path. Two-view input costs about 45% less CPU (benchmarks/bench_input.py).
 """
 from typing import List, Optional, Sequence
 
@@ -67,6 +74,10 @@ def _uniform(seed, shape=(), minval=0., maxval=1.) -> tf.Tensor:
 def random_apply(func, p, x, seed=None, otherwise=None):
     """Returns `func(x)` with probability `p`, else `x` or `otherwise(x)` if given (one uniform
     draw from `seed`)."""
+    if isinstance(p, (int, float)) and p >= 1:
+        # The draw is in [0, 1), so always below p: no cond (a cost per view), no draw (the seed
+        # is this call's own, so no other draw changes).
+        return func(x)
     return tf.cond(
         tf.less(_uniform(resolve_seed(seed)), tf.cast(p, tf.float32)),
         lambda: func(x),
@@ -102,14 +113,32 @@ def grayscale_to_rgb(image: tf.Tensor) -> tf.Tensor:
     return tiled
 
 
+def is_grey(image: tf.Tensor) -> bool:
+    """True if `image` has statically 1 channel: such images take the grey fast path."""
+    return tf.convert_to_tensor(image).shape[-1] == 1
+
+
 def to_float_rgb(image: tf.Tensor) -> tf.Tensor:
     """float32 RGB in [0, 1]: integer images are scaled by 1 / max (`convert_image_dtype`), grey is
     tiled to 3 channels; a float32 RGB image is returned unchanged."""
     return grayscale_to_rgb(tf.image.convert_image_dtype(image, dtype=tf.float32))
 
 
+def to_float(image: tf.Tensor, rgb: bool) -> tf.Tensor:
+    """`to_float_rgb` if `rgb`, else the same conversion keeping the image's channels."""
+    if rgb:
+        return to_float_rgb(image)
+    return tf.image.convert_image_dtype(image, dtype=tf.float32)
+
+
 def to_grayscale(image: tf.Tensor, keep_channels: bool = True) -> tf.Tensor:
-    """ITU-R 601 luma (`tf.image.rgb_to_grayscale`), tiled back to 3 channels if asked."""
+    """ITU-R 601 luma (`tf.image.rgb_to_grayscale`), tiled back to 3 channels if asked.
+
+    A 1-channel image gives what its 3-tiled copy gives. That is not the identity: the weights sum
+    to 0.9999 and the matmul rounds, so the tiled copy is computed rather than imitated.
+    """
+    if is_grey(image):
+        image = tf.tile(image, [1, 1, 3])
     image = tf.image.rgb_to_grayscale(image)
     if keep_channels:
         image = tf.tile(image, [1, 1, 3])
@@ -132,10 +161,16 @@ def random_brightness(image, max_delta, impl='simclrv2', seed=None):
     raise ValueError(f'Unknown brightness impl {impl!r}; use "simclrv2" or "simclrv1".')
 
 
-def _jitter_ops(brightness, contrast, saturation, hue, impl, seeds):
-    """The four colour ops, op k drawing from seeds[k]; a zero strength makes it the identity."""
-    def make(strength, op):
-        if strength == 0:
+def _jitter_ops(brightness, contrast, saturation, hue, impl, seeds, grey):
+    """The four colour ops, op k drawing from seeds[k]; a zero strength makes it the identity.
+
+    `grey` (a 1-channel image standing for R = G = B): saturation and hue map such a pixel to
+    itself exactly, for any value (the HSV kernels get chroma 0 and give back v, also for v
+    outside [0, 1]; tests/test_data_util.py checks it), so they are the identity; their draws
+    come from their own sub-seeds, so skipping them changes no other draw.
+    """
+    def make(strength, op, colour_only=False):
+        if strength == 0 or (grey and colour_only):
             return lambda x: x
         return op
 
@@ -145,16 +180,19 @@ def _jitter_ops(brightness, contrast, saturation, hue, impl, seeds):
         make(contrast, lambda x: tf.image.stateless_random_contrast(
             x, lower=1 - contrast, upper=1 + contrast, seed=seeds[1])),
         make(saturation, lambda x: tf.image.stateless_random_saturation(
-            x, lower=1 - saturation, upper=1 + saturation, seed=seeds[2])),
-        make(hue, lambda x: tf.image.stateless_random_hue(x, max_delta=hue, seed=seeds[3])),
+            x, lower=1 - saturation, upper=1 + saturation, seed=seeds[2]), colour_only=True),
+        make(hue, lambda x: tf.image.stateless_random_hue(x, max_delta=hue, seed=seeds[3]),
+             colour_only=True),
     ]
 
 
 def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2',
                       seed=None):
-    """Applies brightness, contrast, saturation and hue in a random order, clipping after each."""
+    """Applies brightness, contrast, saturation and hue in a random order, clipping after each.
+
+    A 1-channel image is jittered as its 3-tiled copy would be, on one channel (`_jitter_ops`)."""
     order_seed, *op_seeds = _split(seed, 5)
-    ops = _jitter_ops(brightness, contrast, saturation, hue, impl, op_seeds)
+    ops = _jitter_ops(brightness, contrast, saturation, hue, impl, op_seeds, is_grey(image))
     # The ranks of 4 i.i.d. uniforms are a uniformly random permutation.
     order = tf.argsort(_uniform(order_seed, [4]))
     for i in range(4):
@@ -167,7 +205,8 @@ def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl
 def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2',
                          seed=None):
     """Applies the four colour ops in the fixed order (unused by SimCLR training)."""
-    for op in _jitter_ops(brightness, contrast, saturation, hue, impl, _split(seed, 4)):
+    for op in _jitter_ops(brightness, contrast, saturation, hue, impl, _split(seed, 4),
+                          is_grey(image)):
         image = tf.clip_by_value(op(image), 0., 1.)
     return image
 
@@ -180,13 +219,17 @@ def color_jitter(image, strength, random_order=True, impl='simclrv2', seed=None)
 
 
 def random_color_jitter(image, p=1.0, strength=1.0, impl='simclrv2', seed=None):
-    """With prob p: colour jitter (p=0.8), then independently grayscale (p=0.2)."""
+    """With prob p: colour jitter (p=0.8), then independently grayscale (p=0.2).
+
+    A 1-channel image stays 1-channel and gets what its 3-tiled copy would get (per channel)."""
     apply_seed, jitter_apply_seed, jitter_seed, gray_apply_seed = _split(seed, 4)
+    keep_channels = not is_grey(image)
 
     def _transform(x):
         x = random_apply(lambda y: color_jitter(y, strength=strength, impl=impl, seed=jitter_seed),
                          p=0.8, x=x, seed=jitter_apply_seed)
-        return random_apply(to_grayscale, p=0.2, x=x, seed=gray_apply_seed)
+        return random_apply(lambda y: to_grayscale(y, keep_channels=keep_channels), p=0.2, x=x,
+                            seed=gray_apply_seed)
     return random_apply(_transform, p=p, x=image, seed=apply_seed)
 
 
@@ -219,14 +262,15 @@ def center_crop_box(image_height, image_width, height, width, crop_proportion):
     return tf.stack([offset_height, offset_width, crop_height, crop_width])
 
 
-def center_crop(image, height, width, crop_proportion):
+def center_crop(image, height, width, crop_proportion, rgb=True):
     """Central crop (see `center_crop_box`) resized to (height, width) with bicubic; not clipped.
 
-    `image` may also be uint8 and/or 1-channel: the crop is converted with `to_float_rgb`.
+    `image` may also be uint8 and/or 1-channel: the crop is converted with `to_float(.., rgb)`, so
+    `rgb=False` keeps a grey image 1-channel.
     """
     shape = tf.shape(image)
     box = center_crop_box(shape[0], shape[1], height, width, crop_proportion)
-    image = to_float_rgb(tf.image.crop_to_bounding_box(image, box[0], box[1], box[2], box[3]))
+    image = to_float(tf.image.crop_to_bounding_box(image, box[0], box[1], box[2], box[3]), rgb)
     return tf.image.resize([image], [height, width], method=_BICUBIC)[0]
 
 
@@ -255,22 +299,23 @@ def random_crop_box(image_shape, height, width, seed=None):
     return offset_y, offset_x, crop_height, crop_width
 
 
-def crop_and_resize(image, height, width, seed=None):
+def crop_and_resize(image, height, width, seed=None, rgb=True):
     """Random resized crop (`random_crop_box`) to (height, width): bicubic, no antialias.
 
-    `image` may also be uint8 and/or 1-channel: the crop is converted with `to_float_rgb`.
+    `image` may also be uint8 and/or 1-channel: the crop is converted with `to_float(.., rgb)`.
     """
     offset_y, offset_x, crop_height, crop_width = random_crop_box(tf.shape(image), height, width,
                                                                   seed=seed)
     image = tf.image.crop_to_bounding_box(image, offset_y, offset_x, crop_height, crop_width)
-    return tf.image.resize([to_float_rgb(image)], [height, width], method=_BICUBIC)[0]
+    return tf.image.resize([to_float(image, rgb)], [height, width], method=_BICUBIC)[0]
 
 
-def random_crop_with_resize(image, height, width, p=1.0, seed=None):
-    """`crop_and_resize` with probability p (SimCLR always uses p = 1); float32 RGB either way."""
+def random_crop_with_resize(image, height, width, p=1.0, seed=None, rgb=True):
+    """`crop_and_resize` with probability p (SimCLR always uses p = 1); float32 either way, RGB
+    unless `rgb=False`."""
     apply_seed, crop_seed = _split(seed, 2)
-    return random_apply(lambda x: crop_and_resize(x, height, width, seed=crop_seed), p=p, x=image,
-                        seed=apply_seed, otherwise=to_float_rgb)
+    return random_apply(lambda x: crop_and_resize(x, height, width, seed=crop_seed, rgb=rgb), p=p,
+                        x=image, seed=apply_seed, otherwise=lambda x: to_float(x, rgb))
 
 
 def gaussian_blur(image, kernel_size, sigma, padding='SAME'):
@@ -332,41 +377,99 @@ def batch_random_blur(images_list: Sequence[tf.Tensor], height: int, width: int,
     return out
 
 
-def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=True,
-                         flip=True, impl='simclrv2', seed: Optional[tf.Tensor] = None):
-    """One training view: random resized crop, flip, colour distortion, reshape, clip.
+def random_flip_left_right(image, seed):
+    """`tf.image.stateless_random_flip_left_right` of a (H, W, C) image, with the same draw.
 
-    `image` is float32 RGB in [0, 1], or any image `to_float_rgb` converts (e.g. decoded uint8
-    grey), which the crop then converts after cropping. With `seed` (shape [2] int32/int64) the view is a pure function of (image, seed); with
-    None one seed is drawn per call (see the module docstring).
+    A 1-channel image is reversed as (H, W): TF's reverse of a width axis followed by a size-1
+    channel axis moves one float at a time and takes about 8x as long (0.18 ms at 224 px).
     """
+    if not is_grey(image):
+        return tf.image.stateless_random_flip_left_right(image, seed=seed)
+    mirror = tf.less(_uniform(seed), 0.5)
+    return tf.cond(mirror,
+                   lambda: tf.expand_dims(tf.reverse(tf.squeeze(image, -1), [1]), -1),
+                   lambda: image)
+
+
+def _train_view(image, height, width, color_jitter_strength, crop, flip, impl, seed):
+    """`preprocess_for_train` before the grey path's final tile (1 channel for grey input)."""
+    rgb = not is_grey(image)
     # A fixed split, so e.g. the flip does not change when the crop is switched off.
     crop_seed, flip_seed, colour_seed = _split(seed, 3)
     if crop:
-        image = random_crop_with_resize(image, height, width, seed=crop_seed)
+        image = random_crop_with_resize(image, height, width, seed=crop_seed, rgb=rgb)
     else:
-        image = to_float_rgb(image)
+        image = to_float(image, rgb)
     if flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        image = random_flip_left_right(image, seed=flip_seed)
     if color_jitter_strength > 0:
         image = random_color_jitter(image, strength=color_jitter_strength, impl=impl,
                                     seed=colour_seed)
-    image = tf.reshape(image, [height, width, 3])
+    image = tf.reshape(image, [height, width, 3 if rgb else 1])
     return tf.clip_by_value(image, 0., 1.)
+
+
+def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=True,
+                         flip=True, impl='simclrv2', seed: Optional[tf.Tensor] = None):
+    """One training view (float32 RGB): random resized crop, flip, colour distortion, reshape, clip.
+
+    `image` is float32 RGB in [0, 1], or any image `to_float_rgb` converts (e.g. decoded uint8
+    grey), which the crop then converts after cropping. A statically 1-channel image takes the grey
+    path (module docstring): the same view, tiled to RGB at the end. With `seed` (shape [2]
+    int32/int64) the view is a pure function of (image, seed); with None one seed is drawn per
+    call (see the module docstring).
+    """
+    return _view_to_rgb(_train_view(image, height, width, color_jitter_strength, crop, flip, impl,
+                                     seed))
+
+
+def tile_grey_views(views: Sequence[tf.Tensor]) -> tf.Tensor:
+    """(H, W, 1) views (a static H, W) -> (H, W, 3k): each tiled to RGB, concatenated on channels.
+
+    One matmul of the (k, H x W) planes with a 0/1 matrix: a `tf.tile` per view and a channel
+    concat copy 1-3 floats at a time, about 0.7 ms against 0.2 ms per 224 px pair here. Exact:
+    every output is 1 x v plus products with 0 (the views are clipped to [0, 1], so finite), in
+    any order (unless oneDNN is told to compute float32 matmuls in a reduced precision,
+    ONEDNN_DEFAULT_FPMATH_MODE).
+    """
+    height, width, _ = views[0].shape
+    spread = tf.constant([[float(j // 3 == i) for j in range(3 * len(views))]
+                          for i in range(len(views))])
+    tiled = tf.matmul(tf.reshape(tf.stack(views), [len(views), -1]), spread, transpose_a=True)
+    return tf.reshape(tiled, [height, width, 3 * len(views)])
+
+
+def _view_to_rgb(view: tf.Tensor) -> tf.Tensor:
+    return tile_grey_views([view]) if is_grey(view) else view
+
+
+def preprocess_views(image, height, width, color_jitter_strength: float,
+                     seeds: Sequence[Optional[tf.Tensor]]) -> tf.Tensor:
+    """Training views of one image, one per seed, concatenated on channels: (H, W, 3 x views).
+
+    View k equals `preprocess_for_train(image, height, width, color_jitter_strength, seed=seeds[k])`
+    (a None seed is drawn per view); grey views are tiled to RGB together (`tile_grey_views`).
+    """
+    views = [_train_view(image, height, width, color_jitter_strength, True, True, 'simclrv2', seed)
+             for seed in seeds]
+    if is_grey(image):
+        return tile_grey_views(views)
+    return tf.concat(views, -1)
 
 
 def preprocess_for_eval(image, height, width, crop=True):
     """Eval view: 0.875 central crop + bicubic resize (if crop), reshape, clip.
 
     With `crop=False` (the original uses it when image_size <= 32) the image must
-    already be (height, width). Input as for `preprocess_for_train`.
+    already be (height, width). Input (and the grey path) as for `preprocess_for_train`.
     """
+    rgb = not is_grey(image)
     if crop:
-        image = center_crop(image, height, width, crop_proportion=CROP_PROPORTION)
+        image = center_crop(image, height, width, crop_proportion=CROP_PROPORTION, rgb=rgb)
     else:
-        image = to_float_rgb(image)
-    image = tf.reshape(image, [height, width, 3])
-    return tf.clip_by_value(image, 0., 1.)
+        image = to_float(image, rgb)
+    image = tf.reshape(image, [height, width, 3 if rgb else 1])
+    return _view_to_rgb(tf.clip_by_value(image, 0., 1.))
 
 
 def preprocess_image(image, height, width, is_training=False, color_jitter_strength=0.,
@@ -375,7 +478,8 @@ def preprocess_image(image, height, width, is_training=False, color_jitter_stren
 
     Training always uses the random resized crop and flip; `test_crop` only affects eval.
     `seed` (training only) is passed to `preprocess_for_train`; eval is deterministic.
-    The conversion happens after the crop (see the module docstring): same values, less work.
+    The conversion happens after the crop and grey input stays 1-channel until the end (see the
+    module docstring): same values, less work.
     """
     if is_training:
         return preprocess_for_train(image, height, width, color_jitter_strength, seed=seed)

@@ -279,9 +279,7 @@ def test_batch_random_blur_probability_extremes():
 
 def _two_views(image, size=32):
     """The two-view map function of the pretraining pipeline (as in `data._map_fn`)."""
-    views = [data_util.preprocess_image(image, size, size, is_training=True,
-                                        color_jitter_strength=1.0) for _ in range(2)]
-    return tf.concat(views, -1)
+    return data_util.preprocess_views(image, size, size, 1.0, [None, None])
 
 
 def _seeded_two_view_run(global_seed, n=12, size=32):
@@ -404,24 +402,92 @@ def test_op_determinism_runs_and_matches():
     assert proc.stdout.strip().splitlines()[-1] == expected
 
 
-def test_decoded_uint8_grey_gives_the_same_views_as_float_rgb_input():
-    # The crops convert only the cropped pixels to float RGB (data_util docstring, "Speed"); the
-    # views must equal those of the original order: whole image -> float -> RGB -> crop.
-    grey = np.random.default_rng(11).integers(0, 256, (90, 70, 1), dtype=np.uint8)
-    rgb_float = data_util.grayscale_to_rgb(tf.image.convert_image_dtype(grey, tf.float32))
-    for seed in ([1, 2], [3, 4], [5, 6]):
-        for jitter in (0., 1.0):
-            direct = data_util.preprocess_image(grey, 48, 48, is_training=True,
-                                                color_jitter_strength=jitter, seed=seed)
-            original_order = data_util.preprocess_for_train(rgb_float, 48, 48, jitter,
-                                                            seed=tf.constant(seed))
-            np.testing.assert_array_equal(direct.numpy(), original_order.numpy())
-    for crop, image in ((True, grey), (False, grey[:48, :48])):
-        direct = data_util.preprocess_image(image, 48, 48, is_training=False, test_crop=crop)
-        expected = data_util.preprocess_for_eval(
-            data_util.grayscale_to_rgb(tf.image.convert_image_dtype(image, tf.float32)), 48, 48,
-            crop=crop)
-        np.testing.assert_array_equal(direct.numpy(), expected.numpy())
+def test_grey_colour_ops_leave_grey_pixels_unchanged():
+    # Why the grey path may skip saturation and hue: on R = G = B they give back the input
+    # exactly, also outside [0, 1] (the bicubic resize overshoots; the first clip comes after the
+    # first op), and grayscale is not the identity but the tiled copy's value (weights sum to
+    # 0.9999).
+    values = np.concatenate([np.linspace(-0.6, 1.6, 4001), [0., 1., -0., 1e-30, -1e-30, 3e3,
+                                                            -3e3]]).astype(np.float32)
+    grey = values.reshape(-1, 1, 1)
+    rgb = np.repeat(grey, 3, axis=-1)
+    for factor in (0., 0.2, 0.77, 1., 1.3, 1.8):
+        np.testing.assert_array_equal(tf.image.adjust_saturation(rgb, factor).numpy(), rgb)
+    for delta in (-0.2, -0.13, -1e-9, 0., 1e-9, 0.05, 0.2, 0.5, 1.):
+        np.testing.assert_array_equal(tf.image.adjust_hue(rgb, delta).numpy(), rgb)
+    via_rgb = tf.image.rgb_to_grayscale(rgb).numpy()
+    assert np.any(via_rgb != grey)
+    np.testing.assert_array_equal(data_util.to_grayscale(grey, keep_channels=False).numpy(),
+                                  via_rgb)
+    np.testing.assert_array_equal(data_util.to_grayscale(grey).numpy(),
+                                  data_util.to_grayscale(rgb).numpy())
+
+
+def _views_by_seed(image, seeds, fn):
+    """fn(image, seed) for every seed, mapped in tf.data (one trace), as one array."""
+    ds = tf.data.Dataset.from_tensor_slices(seeds).map(lambda s: fn(tf.constant(image), s))
+    return np.stack(list(ds.as_numpy_iterator()))
+
+
+@pytest.mark.parametrize('shape', ((90, 70), (57, 83), (49, 129)))
+def test_grey_path_gives_the_same_views_as_rgb_input(shape):
+    # 1-channel input is augmented on 1 channel and tiled at the end (data_util docstring); the
+    # views must equal those of the original order: whole image -> float -> RGB -> crop, for
+    # every random draw. Noise images make the bicubic resize overshoot [0, 1].
+    grey = np.random.default_rng(shape[0]).integers(0, 256, shape + (1,), dtype=np.uint8)
+    rgb_float = data_util.grayscale_to_rgb(tf.image.convert_image_dtype(grey, tf.float32)).numpy()
+    seeds = np.random.default_rng(7).integers(0, 2**31, (200, 2))
+    for size in (48, 33):
+        for jitter in (0.5, 1.0):
+            for impl in ('simclrv2', 'simclrv1'):
+                def view(image, seed, size=size, jitter=jitter, impl=impl):
+                    return data_util.preprocess_for_train(image, size, size, jitter, impl=impl,
+                                                          seed=seed)
+                # 200 seeds take every branch (grayscale p = 0.2, each op order position).
+                direct = _views_by_seed(grey, seeds, view)
+                rgb_views = _views_by_seed(rgb_float, seeds, view)
+                np.testing.assert_array_equal(direct, rgb_views,
+                                              err_msg=f'{size} px, jitter {jitter}, {impl}')
+                if impl == 'simclrv2':  # Two views as data.py makes them (one tile for both).
+                    def pair(image, two_seeds, size=size, jitter=jitter):
+                        return data_util.preprocess_views(image, size, size, jitter,
+                                                          tf.unstack(two_seeds))
+                    expected = np.concatenate([rgb_views[0::2], rgb_views[1::2]], -1)
+                    for image in (grey, rgb_float):
+                        np.testing.assert_array_equal(
+                            _views_by_seed(image, seeds.reshape(100, 2, 2), pair), expected)
+    tiled = data_util.grayscale_to_rgb(grey).numpy()
+    for size in (48, 33):
+        for crop, image in ((True, grey), (False, grey[:size, :size])):
+            direct = data_util.preprocess_image(image, size, size, is_training=False,
+                                                test_crop=crop)
+            expected = data_util.preprocess_for_eval(
+                data_util.grayscale_to_rgb(tf.image.convert_image_dtype(image, tf.float32)),
+                size, size, crop=crop)
+            np.testing.assert_array_equal(direct.numpy(), expected.numpy())
+    # The preprocess_image entry point (what data.py calls) gives the same training view.
+    seed = tf.constant(seeds[0])
+    np.testing.assert_array_equal(
+        data_util.preprocess_image(grey, 48, 48, is_training=True, color_jitter_strength=1.0,
+                                   seed=seed).numpy(),
+        data_util.preprocess_for_train(tiled, 48, 48, 1.0, seed=seed).numpy())
     # crop=False in training converts the whole image.
-    whole = data_util.preprocess_for_train(grey, 90, 70, 0., crop=False, flip=False)
-    np.testing.assert_array_equal(whole.numpy(), np.clip(rgb_float.numpy(), 0, 1))
+    whole = data_util.preprocess_for_train(grey, *shape, 0., crop=False, flip=False)
+    np.testing.assert_array_equal(whole.numpy(), np.clip(rgb_float, 0, 1))
+
+
+def test_grey_path_works_on_one_channel():
+    # The saving: a statically 1-channel image stays 1-channel up to the final tile.
+    grey = np.random.default_rng(12).integers(0, 256, (50, 40, 1), dtype=np.uint8)
+    seed = tf.constant([3, 4])
+    assert data_util.is_grey(grey) and not data_util.is_grey(np.repeat(grey, 3, axis=-1))
+    assert data_util.crop_and_resize(grey, 24, 24, seed=seed, rgb=False).shape == (24, 24, 1)
+    assert data_util.center_crop(grey, 24, 24, 0.875, rgb=False).shape == (24, 24, 1)
+    as_float = tf.image.convert_image_dtype(grey, tf.float32)
+    assert data_util.random_color_jitter(as_float, strength=1.0, seed=seed).shape == (50, 40, 1)
+    # A channel count only known at run time keeps the RGB path (and still works).
+    fn = tf.function(lambda x, s: data_util.preprocess_for_train(x, 24, 24, 1.0, seed=s),
+                     input_signature=[tf.TensorSpec([None, None, None], tf.uint8),
+                                      tf.TensorSpec([2], tf.int32)])
+    np.testing.assert_array_equal(
+        fn(grey, seed).numpy(), data_util.preprocess_for_train(grey, 24, 24, 1.0, seed=seed).numpy())
