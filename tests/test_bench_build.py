@@ -1,21 +1,15 @@
 """Runs benchmarks/bench_build.py on a tiny synthetic tree in a subprocess (no timing assertions)."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
+import benchmark_script
 from tfds_mura import synthetic
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'bench_build.py')
 
 
 def _run(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return benchmark_script.run('bench_build.py', args)
 
 
 def test_tiny_run_builds_with_both_writers_and_writes_consistent_json(tmp_path):

@@ -1,24 +1,18 @@
 """Runs benchmarks/bench_input.py on the tiny dataset in a subprocess (no timing assertions)."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import benchmark_script
 import tiny_mura
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'bench_input.py')
 PIPELINES = ('decode_floor', 'train_two_view', 'train_straightforward', 'eval_one_view',
              'eval_straightforward')
 
 
 def _run(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return benchmark_script.run('bench_input.py', args)
 
 
 @pytest.fixture(scope='module')

@@ -1,19 +1,13 @@
 """Runs benchmarks/bench_loss.py on tiny batches in a subprocess (no timing assertions)."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'bench_loss.py')
+import benchmark_script
 
 
 def _run(args):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return benchmark_script.run('bench_loss.py', args)
 
 
 def test_tiny_run_prints_table_and_writes_consistent_json(tmp_path):

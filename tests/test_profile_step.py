@@ -1,13 +1,10 @@
 """Runs benchmarks/profile_step.py on a tiny setting in a subprocess (no timing assertions)."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, 'benchmarks', 'profile_step.py')
+import benchmark_script
+
 PARTS = ['keras_floor', 'floor_forward', 'floor_grads', 'port_step', 'port_grads', 'port_forward',
          'port_apply', 'blur', 'port_backbone_grads']
 
@@ -15,10 +12,8 @@ PARTS = ['keras_floor', 'floor_forward', 'floor_grads', 'port_step', 'port_grads
 @pytest.mark.slow
 def test_tiny_profile_times_every_part_against_the_floor(tmp_path):
     out = tmp_path / 'profile.json'
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', CUDA_VISIBLE_DEVICES='')
-    proc = subprocess.run([sys.executable, SCRIPT, '--depth', '18', '--image_size', '32',
-                           '--batch', '1', '--steps', '1', '--warmup', '1', '--json', str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = benchmark_script.run('profile_step.py', ['--depth', '18', '--image_size', '32', '--batch', '1',
+                                                    '--steps', '1', '--warmup', '1', '--json', out])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     results = json.loads(out.read_text())['results']
     assert list(results) == PARTS
