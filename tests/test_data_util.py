@@ -501,3 +501,12 @@ def test_grey_path_works_on_one_channel():
         rgb = data_util.preprocess_image(grey, 24, 24, is_training, 1.0, seed=seed)
         assert view.shape == (24, 24, 1) and rgb.shape == (24, 24, 3)
         np.testing.assert_array_equal(np.repeat(view.numpy(), 3, axis=-1), rgb.numpy())
+
+
+def test_interleave_grey_views_equals_concat():
+    views = [tf.constant(np.random.default_rng(k).uniform(0, 1, (33, 47, 1)).astype(np.float32))
+             for k in range(3)]
+    for k in (1, 2, 3):
+        out = data_util.interleave_grey_views(views[:k])
+        assert out.shape == (33, 47, k)
+        np.testing.assert_array_equal(out.numpy(), tf.concat(views[:k], -1).numpy())
