@@ -12,8 +12,8 @@ into a temporary directory first (not timed). Pipelines, each read from the same
   parallel map, batched and prefetched; nothing else. No input pipeline can beat it.
 * train_two_view: the product's pretraining input, `data.build_input_fn(is_training=True,
   is_pretrain=True)`: shuffle, repeat, decode, two augmented views per image (random resized crop
-  with bicubic resize, flip, colour jitter of --color_jitter_strength, grey -> RGB), batch,
-  prefetch. The Gaussian blur is not part of the input: the model applies it to each view's
+  with bicubic resize, flip, colour jitter of --color_jitter_strength; the radiographs' grey
+  views stay 1-channel, the model tiles them to RGB), batch, prefetch. The Gaussian blur is not part of the input: the model applies it to each view's
   batch (`data_util.batch_random_blur`), so it is inside the timed training step below.
 * train_straightforward: the same augmentation functions, written the way a direct port reads:
   one example at a time (`map` without `num_parallel_calls`, no prefetch), the PNG decoded in the

@@ -2,7 +2,7 @@
 
   python benchmarks/bench_step.py [--depth 50] [--width 1] [--image_size 224] [--batch 4]
       [--steps 10] [--warmup 2] [--jit_compile] [--mixed_precision POLICY ...] [--no_finetune]
-      [--quick] [--json FILE]
+      [--grey_views] [--quick] [--json FILE]
   python benchmarks/bench_step.py --baseline [--image_size 224] [--batch 8] [--steps 10] [--json FILE]
 
 Variants (each one step per round, rounds alternate the order so drift and load hit all alike):
@@ -12,7 +12,9 @@ Variants (each one step per round, rounds alternate the order so drift and load 
   MirroredStrategy with one replica). The batch is a fixed in-memory tensor served through the
   same `distribute_datasets_from_function` path the training loop uses (no TFDS decoding or
   augmentation), so input cost is excluded. No summary writer is active, and checkpoint saving
-  and logging between loops are not part of a step.
+  and logging between loops are not part of a step. The batch holds RGB views (6 channels), or
+  with --grey_views 1-channel views (2 channels), as the input pipeline yields MURA's
+  radiographs; the model then blurs one channel per view and tiles it to RGB.
 * port_finetune: the same loop with --train_mode=finetune, one view, 2 x batch images.
 * keras_floor: tf_keras.applications.ResNet50 (weights=None, include_top=False, pooling='avg')
   plus a Dense head, forward + backward + SGD on the same number of images, in a tf.function
@@ -91,9 +93,9 @@ def _port_inputs(images_per_replica: int, image_size: int, channels: int, seed: 
 
 
 def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy,
-                 return_trainer: bool = False):
+                 return_trainer: bool = False, view_channels: int = 3):
     """A Variant running `train.Trainer`'s compiled loop for one step per call (and the Trainer,
-    with `return_trainer`)."""
+    with `return_trainer`), fed views of `view_channels` channels (3 RGB, 1 grey)."""
     pretrain = config.train_mode == 'pretrain'
     config_lib.validate(config.replace(model_dir='unused'), num_replicas=strategy.num_replicas_in_sync)
     with strategy.scope():
@@ -103,7 +105,8 @@ def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy,
     trainer = train_lib.Trainer(config, strategy, model, optimizer, lr_schedule,
                                 train_steps=10**9, steps_per_loop=1)
     per_replica = config.train_batch_size // strategy.num_replicas_in_sync
-    element = _port_inputs(per_replica, config.image_size, 6 if pretrain else 3, seed=0)
+    element = _port_inputs(per_replica, config.image_size,
+                           view_channels * (2 if pretrain else 1), seed=0)
 
     def input_fn(_context):
         return tf.data.Dataset.from_tensors(element).repeat()
@@ -124,7 +127,8 @@ def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy,
     images = config.train_batch_size * (2 if pretrain else 1)
     note = (f'{config.train_mode}, {type(strategy).__name__} x{strategy.num_replicas_in_sync}, '
             f'{config.optimizer}, {"XLA compute" if config.jit_compile else "no XLA"}'
-            f'{"" if config.mixed_precision == "none" else ", " + config.mixed_precision}')
+            f'{"" if config.mixed_precision == "none" else ", " + config.mixed_precision}'
+            f'{", grey views" if view_channels == 1 else ""}')
     variant = Variant(name, images, step, note)
     return (variant, trainer) if return_trainer else variant
 
@@ -221,23 +225,28 @@ def build_variants(args) -> List[Variant]:
     train_lib.configure_runtime(base)
     strategy = train_lib.make_strategy(base)
     images = 2 * args.batch
-    variants = [port_variant('port_pretrain', base, strategy),
+    view_channels = 1 if args.grey_views else 3
+    variants = [port_variant('port_pretrain', base, strategy, view_channels=view_channels),
                 floor_variant('keras_floor', args.depth, args.image_size, images, jit_compile=False)]
     if not args.no_finetune:
         finetune = base.replace(train_mode='finetune', allow_random_init=True, train_batch_size=images)
-        variants.append(port_variant('port_finetune', finetune, strategy))
+        variants.append(port_variant('port_finetune', finetune, strategy,
+                                     view_channels=view_channels))
     if args.jit_compile:
         xla = base.replace(jit_compile=True)
         xla_strategy = train_lib.make_strategy(xla)
-        variants.append(port_variant('port_pretrain_xla', xla, xla_strategy))
+        variants.append(port_variant('port_pretrain_xla', xla, xla_strategy,
+                                     view_channels=view_channels))
         variants.append(floor_variant('keras_floor_xla', args.depth, args.image_size, images,
                                       jit_compile=True))
     for policy in args.mixed_precision:
-        variants.append(policy_variant(base.replace(mixed_precision=policy), strategy))
+        variants.append(policy_variant(base.replace(mixed_precision=policy), strategy,
+                                       view_channels))
     return variants
 
 
-def policy_variant(config: Config, strategy: tf.distribute.Strategy) -> Variant:
+def policy_variant(config: Config, strategy: tf.distribute.Strategy,
+                   view_channels: int = 3) -> Variant:
     """The pretraining step with a Keras mixed-precision policy (float32 variables, 16-bit compute).
 
     The policy is process-wide in Keras and read when layers are made, so it is set only while
@@ -245,7 +254,8 @@ def policy_variant(config: Config, strategy: tf.distribute.Strategy) -> Variant:
     """
     train_lib.configure_runtime(config)
     try:
-        return port_variant(f'port_pretrain_{config.mixed_precision}', config, strategy)
+        return port_variant(f'port_pretrain_{config.mixed_precision}', config, strategy,
+                            view_channels=view_channels)
     finally:
         tf_keras.mixed_precision.set_global_policy('float32')
 
@@ -364,6 +374,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--mixed_precision', action='append', default=[],
                         choices=[p for p in config_lib.MIXED_PRECISION_POLICIES if p != 'none'],
                         help='add a pretraining variant with this Keras policy (repeatable)')
+    parser.add_argument('--grey_views', action='store_true',
+                        help='feed the SimCLR variants 1-channel views (what the input pipeline '
+                             'yields for MURA) instead of RGB ones')
     parser.add_argument('--quick', action='store_true', help='ResNet-18 at 64 px, 5 steps')
     parser.add_argument('--baseline', action='store_true',
                         help='time the DenseNet-169 baseline step instead of SimCLR (--depth is unused)')
@@ -380,6 +393,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.baseline and (args.jit_compile or args.width != 1 or args.mixed_precision):
         problems.append('--baseline times the DenseNet-169 baseline without XLA at width 1 in '
                         'float32; leave out --jit_compile, --width and --mixed_precision')
+    if args.baseline and args.grey_views:
+        problems.append("--grey_views is for the SimCLR step; the baseline's input is RGB")
     if args.depth not in KERAS_APPS and args.depth not in BASIC_BLOCKS:
         problems.append(f'--depth={args.depth} has no Keras floor; use one of '
                         f'{sorted([*BASIC_BLOCKS, *KERAS_APPS])}')
@@ -419,7 +434,7 @@ def main(argv=None) -> int:
         'cpu_ratio': headline.get('cpu_ratio_to_floor'),
         'settings': {k: getattr(args, k) for k in ('depth', 'width', 'image_size', 'batch', 'steps',
                                                    'warmup', 'jit_compile', 'mixed_precision',
-                                                   'quick', 'baseline')},
+                                                   'quick', 'baseline', 'grey_views')},
         'input': 'fixed in-memory batch (tf.data from_tensors().repeat()) through the training '
                  "loop's distribute_datasets_from_function; TFDS reading and augmentation excluded",
         'results': results, 'machine': machine}

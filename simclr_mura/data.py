@@ -7,11 +7,13 @@ image_size <= 32), repeat] -> map(AUTOTUNE) -> batch(per-replica batch, drop_rem
 -> prefetch(AUTOTUNE).
 
 Elements are `(images, targets)`:
-* images: (B, H, W, 6), two augmented views concatenated on channels, for pretraining;
-  (B, H, W, 3), one view, otherwise. The 1-channel radiograph is augmented on its one channel
-  and each view is tiled to RGB at the end, which gives the views of the original's
-  tile-then-augment order (`data_util` docstring: grey path). The DenseNet baseline passes its own one-view preprocessing
-  (`preprocess_fn`: resize, flip and rotation, see `baseline.py`).
+* images: two augmented views concatenated on channels for pretraining, one view otherwise;
+  a view of a grey (1-channel) radiograph keeps its one channel: (B, H, W, 2) for pretraining,
+  (B, H, W, 1) otherwise; RGB input gives (B, H, W, 6) and (B, H, W, 3). `model.Model` tiles grey
+  views to RGB on the device, after the blur, which gives the views of the original's
+  tile-then-augment order (`data_util` docstring: grey path) with a third of the data to write,
+  batch and copy. The DenseNet baseline passes its own one-view preprocessing (`preprocess_fn`:
+  resize, flip and rotation, see `baseline.py`), which returns (B, H, W, 3).
 * targets: dict with 'label' (B, 2) one-hot float32, 'weight' (B,) float32 (per-example class
   weight, 1 without class weighting) and 'key' (B,) int64: a fingerprint of `image_id`. Keys are
   integers (not strings) so they can pass through any strategy, TPUs included; `split_index` maps
@@ -222,7 +224,8 @@ def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndar
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
             color_jitter_strength: float, class_weights: Optional[np.ndarray],
             preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None):
-    """One example -> (image with 6 or 3 channels, targets) as described in the module docstring.
+    """One example -> (image, targets) as described in the module docstring (SimCLR's grey views
+    stay 1-channel; `preprocess_fn` gives its own channels).
 
     `seed` ([2] int64, training only) fixes the augmentation; None draws one (not reproducible
     under a parallel map)."""
@@ -230,7 +233,7 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
         preprocess = functools.partial(preprocess_fn, is_training=is_training)
     else:
         preprocess = functools.partial(
-            data_util.preprocess_image, height=image_size, width=image_size, is_training=is_training,
+            data_util.preprocess_view, height=image_size, width=image_size, is_training=is_training,
             color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
             test_crop=image_size > 32)
     image = features['image']
@@ -255,9 +258,12 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
     return image, targets
 
 
-def _pad_to_full_batches(dataset: tf.data.Dataset, count: int, image_size: int,
+def _pad_to_full_batches(dataset: tf.data.Dataset, count: int,
                          pipeline_batch: int) -> tf.data.Dataset:
     """Appends padding examples (key PADDING_KEY, weight 0) up to a multiple of `pipeline_batch`.
+
+    A padding image is zeros of the shape of `dataset`'s images, so its channels match theirs
+    (1 for grey views, 3 for RGB ones).
 
     Without it the last eval step can hand a replica an empty batch, which the CPU kernels reject,
     and the changing batch shape would retrace the eval step (and cannot run on a TPU at all).
@@ -266,7 +272,8 @@ def _pad_to_full_batches(dataset: tf.data.Dataset, count: int, image_size: int,
     pad = -count % pipeline_batch
     if not pad:
         return dataset
-    element = (tf.zeros([image_size, image_size, 3], tf.float32),
+    image_spec = dataset.element_spec[0]
+    element = (tf.zeros(image_spec.shape, image_spec.dtype),
                {'label': tf.one_hot(0, NUM_CLASSES), 'weight': tf.constant(0.0),
                 'key': tf.constant(PADDING_KEY, tf.int64)})
     return dataset.concatenate(tf.data.Dataset.from_tensors(element).repeat(pad))
@@ -311,7 +318,7 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         the examples those steps consumed (global batch x steps / pipelines).
       preprocess_fn: `fn(image, is_training=...)` turning a decoded radiograph (uint8, H x W x 1)
         into a float32 (image_size, image_size, 3) image in [0, 1], used instead of SimCLR's
-        `data_util.preprocess_image` (e.g. `baseline.preprocess_fn`); one view, so only with
+        `data_util.preprocess_view` (e.g. `baseline.preprocess_fn`); one view, so only with
         `is_pretrain=False`.
     """
     if preprocess_fn is not None and is_pretrain:
@@ -354,7 +361,7 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         else:
             dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
         if not is_training:
-            dataset = _pad_to_full_batches(dataset, num_examples(builder, split), image_size,
+            dataset = _pad_to_full_batches(dataset, num_examples(builder, split),
                                            global_batch_size // input_context.num_input_pipelines)
         dataset = dataset.batch(batch_size, drop_remainder=is_training)
         return dataset.prefetch(tf.data.AUTOTUNE)

@@ -14,8 +14,11 @@ op in the branches of two calls (the two views of one map function) would get th
 and draw the same numbers. Code that calls these functions inside a cond should pass a seed.
 
 Two-view pretraining uses `preprocess_views(image, ..., seeds=[s1, s2])` in the input pipeline
-(the two `preprocess_for_train` views side by side); the Gaussian blur is *not* part of the
-pipeline but is applied by the model on each view's batch with `batch_random_blur`.
+(the two `preprocess_for_train` views side by side, a grey image's views left 1-channel); the
+Gaussian blur is *not* part of the pipeline but is applied by the model on each view's batch with
+`batch_random_blur`, and the model tiles grey views to RGB after it (`model.Model`).
+`preprocess_image`, `preprocess_for_train` and `preprocess_for_eval` always return RGB;
+`preprocess_view`, `train_view` and `eval_view` keep a grey image's one channel.
 
 Speed, with the same views as the original's order (decode, whole image -> float RGB, crop):
 * The crops (random resized crop, eval centre crop) take the decoded image as it is (uint8, 1 or
@@ -30,6 +33,8 @@ Speed, with the same views as the original's order (decode, whole image -> float
   random draws are the same (saturation's and hue's go unused), so a seed gives the same view bit
   for bit on both paths (tests/test_data_util.py checks it over 200 seeds). An unknown channel
   count takes the RGB path. Two-view input costs about 45% less CPU (benchmarks/bench_input.py).
+  The input pipeline leaves the grey views untiled (`preprocess_views`, `preprocess_view`) and the
+  model tiles them on the device: 3x less data per example to write, batch and copy.
 """
 from typing import List, Optional, Sequence
 
@@ -359,7 +364,7 @@ def random_blur(image, height, width, p=1.0, seed=None):
 
 def batch_random_blur(images_list: Sequence[tf.Tensor], height: int, width: int,
                       blur_probability: float = 0.5, seed=None) -> List[tf.Tensor]:
-    """Blurs each view batch (B, H, W, 3) with one shared sigma, kept per example w.p. p.
+    """Blurs each view batch (B, H, W, C) with one shared sigma, kept per example w.p. p.
 
     For every tensor in `images_list`: one sigma ~ U(0.1, 2.0) for the whole batch,
     kernel_size = height // 10, then a per-example Bernoulli(blur_probability) chooses
@@ -391,8 +396,13 @@ def random_flip_left_right(image, seed):
                    lambda: image)
 
 
-def _train_view(image, height, width, color_jitter_strength, crop, flip, impl, seed):
-    """`preprocess_for_train` before the grey path's final tile (1 channel for grey input)."""
+def train_view(image, height, width, color_jitter_strength=0., crop=True, flip=True,
+               impl='simclrv2', seed: Optional[tf.Tensor] = None):
+    """`preprocess_for_train` in the image's own channels: a grey view stays (H, W, 1).
+
+    The input pipeline yields grey views like this and the model tiles them to RGB on the device
+    (`model.Model`), so a third of the data is written, batched and copied.
+    """
     rgb = not is_grey(image)
     # A fixed split, so e.g. the flip does not change when the crop is switched off.
     crop_seed, flip_seed, colour_seed = _split(seed, 3)
@@ -419,57 +429,65 @@ def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=Tr
     int32/int64) the view is a pure function of (image, seed); with None one seed is drawn per
     call (see the module docstring).
     """
-    return _view_to_rgb(_train_view(image, height, width, color_jitter_strength, crop, flip, impl,
-                                     seed))
-
-
-def tile_grey_views(views: Sequence[tf.Tensor]) -> tf.Tensor:
-    """(H, W, 1) views (a static H, W) -> (H, W, 3k): each tiled to RGB, concatenated on channels.
-
-    One matmul of the (k, H x W) planes with a 0/1 matrix: a `tf.tile` per view and a channel
-    concat copy 1-3 floats at a time, about 0.7 ms against 0.2 ms per 224 px pair here. Exact:
-    every output is 1 x v plus products with 0 (the views are clipped to [0, 1], so finite), in
-    any order (unless oneDNN is told to compute float32 matmuls in a reduced precision,
-    ONEDNN_DEFAULT_FPMATH_MODE).
-    """
-    height, width, _ = views[0].shape
-    spread = tf.constant([[float(j // 3 == i) for j in range(3 * len(views))]
-                          for i in range(len(views))])
-    tiled = tf.matmul(tf.reshape(tf.stack(views), [len(views), -1]), spread, transpose_a=True)
-    return tf.reshape(tiled, [height, width, 3 * len(views)])
-
-
-def _view_to_rgb(view: tf.Tensor) -> tf.Tensor:
-    return tile_grey_views([view]) if is_grey(view) else view
+    return grayscale_to_rgb(train_view(image, height, width, color_jitter_strength, crop, flip,
+                                       impl, seed))
 
 
 def preprocess_views(image, height, width, color_jitter_strength: float,
                      seeds: Sequence[Optional[tf.Tensor]]) -> tf.Tensor:
-    """Training views of one image, one per seed, concatenated on channels: (H, W, 3 x views).
+    """Training views of one image, one per seed, concatenated on channels: (H, W, views) for a
+    grey image, (H, W, 3 x views) for RGB.
 
-    View k equals `preprocess_for_train(image, height, width, color_jitter_strength, seed=seeds[k])`
-    (a None seed is drawn per view); grey views are tiled to RGB together (`tile_grey_views`).
+    View k is `train_view(image, height, width, color_jitter_strength, seed=seeds[k])` (a None
+    seed is drawn per view), i.e. `preprocess_for_train`'s view before a grey view's tile.
     """
-    views = [_train_view(image, height, width, color_jitter_strength, True, True, 'simclrv2', seed)
-             for seed in seeds]
+    views = [train_view(image, height, width, color_jitter_strength, seed=seed) for seed in seeds]
     if is_grey(image):
-        return tile_grey_views(views)
+        return interleave_grey_views(views)
     return tf.concat(views, -1)
 
 
-def preprocess_for_eval(image, height, width, crop=True):
-    """Eval view: 0.875 central crop + bicubic resize (if crop), reshape, clip.
+def interleave_grey_views(views: Sequence[tf.Tensor]) -> tf.Tensor:
+    """(H, W, 1) views (a static H, W) -> (H, W, k), view j in channel j: `tf.concat(views, -1)`.
 
-    With `crop=False` (the original uses it when image_size <= 32) the image must
-    already be (height, width). Input (and the grey path) as for `preprocess_for_train`.
+    One matmul of the (k, H x W) planes with the k x k identity: a channel concat of 1-channel
+    views copies one float at a time, about 0.3 ms against 0.1 ms per 224 px pair here. Exact:
+    every output is 1 x v plus products with 0 (the views are clipped to [0, 1], so finite), in
+    any order (unless oneDNN is told to compute float32 matmuls in a reduced precision,
+    ONEDNN_DEFAULT_FPMATH_MODE; tests/test_data_util.py compares with the RGB path bit for bit).
     """
+    height, width, _ = views[0].shape
+    planes = tf.reshape(tf.stack(views), [len(views), -1])
+    return tf.reshape(tf.matmul(planes, tf.eye(len(views)), transpose_a=True),
+                      [height, width, len(views)])
+
+
+def eval_view(image, height, width, crop=True):
+    """`preprocess_for_eval` in the image's own channels: a grey view stays (H, W, 1)."""
     rgb = not is_grey(image)
     if crop:
         image = center_crop(image, height, width, crop_proportion=CROP_PROPORTION, rgb=rgb)
     else:
         image = to_float(image, rgb)
     image = tf.reshape(image, [height, width, 3 if rgb else 1])
-    return _view_to_rgb(tf.clip_by_value(image, 0., 1.))
+    return tf.clip_by_value(image, 0., 1.)
+
+
+def preprocess_for_eval(image, height, width, crop=True):
+    """Eval view (float32 RGB): 0.875 central crop + bicubic resize (if crop), reshape, clip.
+
+    With `crop=False` (the original uses it when image_size <= 32) the image must
+    already be (height, width). Input (and the grey path) as for `preprocess_for_train`.
+    """
+    return grayscale_to_rgb(eval_view(image, height, width, crop))
+
+
+def preprocess_view(image, height, width, is_training=False, color_jitter_strength=0.,
+                    test_crop=True, seed: Optional[tf.Tensor] = None):
+    """`preprocess_image` in the image's own channels (`train_view` / `eval_view`)."""
+    if is_training:
+        return train_view(image, height, width, color_jitter_strength, seed=seed)
+    return eval_view(image, height, width, test_crop)
 
 
 def preprocess_image(image, height, width, is_training=False, color_jitter_strength=0.,
@@ -481,6 +499,5 @@ def preprocess_image(image, height, width, is_training=False, color_jitter_stren
     The conversion happens after the crop and grey input stays 1-channel until the end (see the
     module docstring): same values, less work.
     """
-    if is_training:
-        return preprocess_for_train(image, height, width, color_jitter_strength, seed=seed)
-    return preprocess_for_eval(image, height, width, test_crop)
+    return grayscale_to_rgb(preprocess_view(image, height, width, is_training,
+                                            color_jitter_strength, test_crop, seed))

@@ -153,10 +153,26 @@ class SupervisedHead(tf_keras.layers.Layer):
         return self.linear_layer(inputs, training=training)
 
 
+def view_channels(shape: tf.TensorShape) -> int:
+    """Channels of each view in a model input of `shape` (B, H, W, C): 3 or 1 (rule in `Model`)."""
+    channels = tf.TensorShape(shape)[-1]
+    if channels is not None and channels > 0 and channels % 3 == 0:
+        return 3
+    if channels in (1, 2):
+        return 1
+    raise ValueError(f'The channel dimension must be static and a multiple of 3 (RGB views '
+                     f'concatenated on channels) or 1 or 2 (grey views), got shape {shape}.')
+
+
 class Model(tf_keras.Model):
     """The SimCLR model: views split on channels, stacked on the batch, ResNet, heads.
 
-    Input (B, H, W, 3 * num_views). Outputs of call(inputs, training):
+    Input (B, H, W, C), the views concatenated on channels: C a multiple of 3 is C / 3 RGB views;
+    C = 1 or 2 is that many grey (1-channel) views, as the input pipeline yields MURA's
+    radiographs (`data` docstring). A grey view is tiled to RGB on the device after the blur and
+    before the ResNet; the blur is depthwise (per channel), so this equals blurring the tiled view
+    bit for bit (tests/test_model.py), on a third of the data. Any other C is a ValueError.
+    Outputs of call(inputs, training):
       finetune: (None, logits); pretrain + linear eval: (proj, logits of the head on
       stop_gradient features); pretrain without linear eval: (proj, None).
     Rows [0, B) of every output are view 1, [B, 2B) view 2, and so on.
@@ -235,11 +251,8 @@ class Model(tf_keras.Model):
         if training and pretrain and self.fine_tune_after_block > -1:
             raise ValueError('Layer freezing is not supported during pretraining: set '
                              'fine_tune_after_block=-1 (or use train_mode="finetune").')
-        channels = inputs.shape[-1]
-        if channels is None or channels % 3:
-            raise ValueError(f'The channel dimension must be static and a multiple of 3 '
-                             f'(views concatenated on channels), got shape {inputs.shape}.')
-        views = tf.split(inputs, channels // 3, axis=-1)
+        per_view = view_channels(inputs.shape)
+        views = tf.split(inputs, inputs.shape[-1] // per_view, axis=-1)
         if self.use_blur and training and pretrain:
             # In float32 whatever the compute dtype: under mixed_bfloat16 TensorFlow's CPU
             # depthwise convolution in bfloat16 takes minutes per 224 px batch, and an
@@ -249,6 +262,8 @@ class Model(tf_keras.Model):
                                                 self.image_size, self.image_size, seed=blur_seed)
             views = [tf.cast(v, dtype) for v in views]
         features = tf.concat(views, 0)
+        if per_view == 1:
+            features = tf.tile(features, [1, 1, 1, 3])
 
         endpoints = self.resnet_model(features, training=training, return_endpoints=True)
         proj_output, sup_input, head_endpoints = self._projection_head(

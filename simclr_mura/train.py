@@ -248,7 +248,8 @@ class Trainer:
     def _single_step(self, images, targets, record_step):
         step = self.optimizer.iterations + 1
         with tf.summary.record_if(tf.equal(step, record_step)):
-            tf.summary.image('image', images[..., :3], step=step)
+            tf.summary.image('image', images[..., :model_lib.view_channels(images.shape)],
+                             step=step)
         grads, stats = self._compute(images, targets, self._blur_seed(step))
         pairs = [(g, v) for g, v in zip(grads, self.model.trainable_variables) if g is not None]
         unused = len(grads) - len(pairs)

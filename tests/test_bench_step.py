@@ -37,6 +37,21 @@ def test_tiny_run_prints_table_and_writes_consistent_json(tmp_path):
     assert result['machine']['tensorflow']
 
 
+def test_grey_views_feed_the_port_one_channel_per_view(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = _run(['--depth', '18', '--image_size', '32', '--batch', '1', '--steps', '1',
+                 '--warmup', '1', '--grey_views', '--json', str(out)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result['settings']['grey_views'] is True
+    for name in ('port_pretrain', 'port_finetune'):
+        assert result['results'][name]['note'].endswith('grey views')
+        assert len(result['results'][name]['times_s']) == 1
+    assert 'grey' not in result['results']['keras_floor']['note']
+    proc = _run(['--baseline', '--grey_views'])
+    assert proc.returncode == 2 and '--grey_views is for the SimCLR step' in proc.stderr
+
+
 def test_bad_arguments_are_rejected_before_any_model_is_built():
     proc = _run(['--depth', '200', '--steps', '0'])
     assert proc.returncode == 2

@@ -40,22 +40,22 @@ def test_pretrain_pipeline_two_replicas(builder):
                                    image_size=64, color_jitter_strength=1.0)
     images, targets = next(iter(data.build_distributed_dataset(input_fn, strategy)))
     for replica_images, replica_labels in zip(_local(strategy, images), _local(strategy, targets['label'])):
-        assert replica_images.shape == (4, 64, 64, 6)  # per-replica batch, two views on channels
+        # Per-replica batch, two grey views on channels, left 1-channel for the model to tile.
+        assert replica_images.shape == (4, 64, 64, 2)
         assert replica_images.min() >= 0 and replica_images.max() <= 1
         assert replica_labels.shape == (4, 2) and np.all(replica_labels.sum(1) == 1)
     # The two views of one image are different augmentations.
     first = _local(strategy, images)[0][0]
-    assert not np.allclose(first[..., :3], first[..., 3:])
+    assert not np.allclose(first[..., 0], first[..., 1])
 
 
-def test_finetune_training_view_is_grey_tiled(builder):
+def test_finetune_training_view_stays_grey(builder):
     input_fn = data.build_input_fn(builder, 'train_1pct', 4, is_training=True, is_pretrain=False,
                                    image_size=64)
     images, targets = next(iter(input_fn(tf.distribute.InputContext())))
-    assert images.shape == (4, 64, 64, 3)
-    # No colour jitter when fine-tuning: the grey radiograph stays grey in all three channels.
-    np.testing.assert_array_equal(images[..., 0], images[..., 1])
-    np.testing.assert_array_equal(images[..., 0], images[..., 2])
+    # One 1-channel view (the model tiles it); no colour jitter when fine-tuning.
+    assert images.shape == (4, 64, 64, 1) and images.dtype == tf.float32
+    assert np.min(images) >= 0 and np.max(images) <= 1 and np.ptp(images.numpy()) > 0
     np.testing.assert_array_equal(targets['weight'], np.ones(4))
 
 
@@ -64,18 +64,20 @@ def test_eval_pipeline_sees_every_image_once(builder):
     n = data.num_examples(builder, 'validation')
     input_fn = data.build_input_fn(builder, 'validation', 4, is_training=False, is_pretrain=False,
                                    image_size=64)
-    keys, labels, weights = [], [], []
+    keys, labels, weights, pixels = [], [], [], []
     for images, targets in data.build_distributed_dataset(input_fn, strategy):
         for k, lab, w, img in zip(_local(strategy, targets['key']), _local(strategy, targets['label']),
                                   _local(strategy, targets['weight']), _local(strategy, images)):
             keys.extend(k)
             labels.extend(lab.argmax(1))
             weights.extend(w)
-            assert img.shape == (2, 64, 64, 3)  # every replica gets a full batch
+            pixels.extend(img)
+            assert img.shape == (2, 64, 64, 1)  # every replica gets a full batch of grey views
     # 11 images plus one padding example completing the last global batch of 4.
     assert n == 11 and len(keys) == 12
     padding = [i for i, k in enumerate(keys) if k == data.PADDING_KEY]
-    assert padding == [11] and weights[11] == 0
+    assert padding == [11] and weights[11] == 0 and not pixels[11].any()
+    assert all(pixels[i].any() for i in range(11))
     keys, labels = keys[:11], labels[:11]
     table = data.split_index(builder, 'validation').set_index('key')
     assert sorted(keys) == sorted(table.index)

@@ -304,7 +304,8 @@ def test_two_views_in_one_map_fn_differ_with_global_seed():
     for global_seed in (0, 1):
         views, _ = _seeded_two_view_run(global_seed, n=20, size=48)
         for v in views:
-            assert _differs(v[..., :3], v[..., 3:])
+            first, second = np.split(v, 2, axis=-1)  # grey views: one channel each
+            assert _differs(first, second)
 
 
 def test_batch_blur_sigma_differs_between_views_with_global_seed():
@@ -385,7 +386,7 @@ runs = [t._seeded_two_view_run(3) for _ in range(2)]
 for a, b in zip(*runs):
     np.testing.assert_array_equal(a, b)
 views = runs[0][0]
-assert all(t._differs(v[..., :3], v[..., 3:]) for v in views)
+assert all(t._differs(*np.split(v, 2, axis=-1)) for v in views)
 print(hashlib.sha256(views.tobytes() + runs[0][1].tobytes()).hexdigest())
 '''
 
@@ -448,14 +449,17 @@ def test_grey_path_gives_the_same_views_as_rgb_input(shape):
                 rgb_views = _views_by_seed(rgb_float, seeds, view)
                 np.testing.assert_array_equal(direct, rgb_views,
                                               err_msg=f'{size} px, jitter {jitter}, {impl}')
-                if impl == 'simclrv2':  # Two views as data.py makes them (one tile for both).
+                if impl == 'simclrv2':  # Two views as data.py makes them.
                     def pair(image, two_seeds, size=size, jitter=jitter):
                         return data_util.preprocess_views(image, size, size, jitter,
                                                           tf.unstack(two_seeds))
                     expected = np.concatenate([rgb_views[0::2], rgb_views[1::2]], -1)
-                    for image in (grey, rgb_float):
-                        np.testing.assert_array_equal(
-                            _views_by_seed(image, seeds.reshape(100, 2, 2), pair), expected)
+                    np.testing.assert_array_equal(
+                        _views_by_seed(rgb_float, seeds.reshape(100, 2, 2), pair), expected)
+                    # Grey views stay 1-channel: the model tiles them (tests/test_model.py).
+                    grey_pairs = _views_by_seed(grey, seeds.reshape(100, 2, 2), pair)
+                    assert grey_pairs.shape == (100, size, size, 2)
+                    np.testing.assert_array_equal(np.repeat(grey_pairs, 3, axis=-1), expected)
     tiled = data_util.grayscale_to_rgb(grey).numpy()
     for size in (48, 33):
         for crop, image in ((True, grey), (False, grey[:size, :size])):
@@ -491,3 +495,18 @@ def test_grey_path_works_on_one_channel():
                                       tf.TensorSpec([2], tf.int32)])
     np.testing.assert_array_equal(
         fn(grey, seed).numpy(), data_util.preprocess_for_train(grey, 24, 24, 1.0, seed=seed).numpy())
+    # The input pipeline's entry point keeps the one channel; the public RGB ones tile it.
+    for is_training in (True, False):
+        view = data_util.preprocess_view(grey, 24, 24, is_training, 1.0, seed=seed)
+        rgb = data_util.preprocess_image(grey, 24, 24, is_training, 1.0, seed=seed)
+        assert view.shape == (24, 24, 1) and rgb.shape == (24, 24, 3)
+        np.testing.assert_array_equal(np.repeat(view.numpy(), 3, axis=-1), rgb.numpy())
+
+
+def test_interleave_grey_views_equals_concat():
+    views = [tf.constant(np.random.default_rng(k).uniform(0, 1, (33, 47, 1)).astype(np.float32))
+             for k in range(3)]
+    for k in (1, 2, 3):
+        out = data_util.interleave_grey_views(views[:k])
+        assert out.shape == (33, 47, k)
+        np.testing.assert_array_equal(out.numpy(), tf.concat(views[:k], -1).numpy())

@@ -160,8 +160,48 @@ def test_blur_only_in_pretraining_training():
 
 def test_bad_channel_count_is_rejected():
     model = model_lib.Model(2, resnet_depth=18, image_size=SIZE)
-    with pytest.raises(ValueError, match='multiple of 3'):
-        model(tf.zeros((2, SIZE, SIZE, 4)), training=False)
+    for channels in (4, 5, 7):
+        with pytest.raises(ValueError, match='multiple of 3.*1 or 2'):
+            model(tf.zeros((2, SIZE, SIZE, channels)), training=False)
+
+
+def _tiled(grey_views):
+    """(B, H, W, k) grey views -> (B, H, W, 3k): each view tiled to RGB, as the pipeline did."""
+    return tf.concat([tf.tile(v, [1, 1, 1, 3]) for v in tf.split(grey_views, grey_views.shape[-1], -1)],
+                     -1)
+
+
+@pytest.mark.parametrize('train_mode,views', (('pretrain', 2), ('pretrain', 1), ('finetune', 1)))
+def test_grey_views_give_the_outputs_of_their_rgb_tiles_bit_for_bit(train_mode, views):
+    # The model tiles grey views after the blur; the blur is depthwise, so this must equal
+    # blurring the RGB tiles exactly, in training (blur on) and in eval.
+    model = _model(train_mode=train_mode, use_blur=True)
+    grey = _images(6, views, seed=11)
+    rgb = _tiled(grey)
+    train_step = tf.function(lambda x, seed: model(x, training=True, blur_seed=seed))
+    blurred_any = False
+    for seed in ([1, 2], [3, 4], [5, 6]):
+        seed = tf.constant(seed, tf.int64)
+        from_grey, from_rgb = train_step(grey, seed), train_step(rgb, seed)
+        for a, b in zip(from_grey, from_rgb):
+            if a is not None:
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+        if train_mode == 'pretrain':
+            model.use_blur = False
+            plain = model(grey, training=True, blur_seed=seed)[0]
+            model.use_blur = True
+            blurred_any |= not np.array_equal(plain.numpy(), from_grey[0].numpy())
+    assert blurred_any or train_mode == 'finetune'
+    eager_grey = model(grey, training=True, blur_seed=tf.constant([7, 8], tf.int64))
+    eager_rgb = model(rgb, training=True, blur_seed=tf.constant([7, 8], tf.int64))
+    for a, b in zip(eager_grey, eager_rgb):
+        if a is not None:
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    from_grey, from_rgb = model.named_outputs(grey), model.named_outputs(rgb)
+    assert from_grey.keys() == from_rgb.keys()
+    for name in from_grey:
+        np.testing.assert_array_equal(from_grey[name].numpy(), from_rgb[name].numpy(), err_msg=name)
+    assert from_grey['final_avg_pool'].shape[0] == 6 * views
 
 
 def test_weight_decay_terms():
