@@ -241,7 +241,8 @@ class Builder(tfds.core.ShardBasedBuilder):
 
 
 def _read_checked(source: mura_source.MuraSource, record) -> bytes:
-    """The image bytes of a record that passed the check (a read error now means it changed since)."""
+    """The image bytes of a record; a read error now (the file changed or went since the scan) is a
+    MuraDataError."""
     try:
         return source.read_bytes(record.key)
     except OSError as e:
