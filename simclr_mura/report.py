@@ -409,7 +409,7 @@ def main(argv):
               'holding the run directories', file=sys.stderr)
         return 1
     table = write_report(FLAGS.model_root, FLAGS.out, FLAGS.data_dir, FLAGS.bootstrap_resamples)
-    print(to_markdown(table))
+    print(to_markdown(table, FLAGS.bootstrap_resamples))
     print(f'\nwrote {os.path.join(FLAGS.out, "results.md")}, results.csv, figures/ and '
           f'{os.path.join(FLAGS.out, "index.html")}')
     return 0

@@ -156,7 +156,8 @@ class Builder(tfds.core.ShardBasedBuilder):
             started = time.time()
             converted, sizes, deferred = mura_source.prepare_images(
                 source, records, mura_images.prepare_image,
-                read_gray8_header=mura_images.starts_gray8_png if defer_gray8 else None)
+                is_gray8_header=mura_images.starts_gray8_png if defer_gray8 else None,
+                header_bytes=mura_images.PNG_HEADER_BYTES)
             logging.info('mura/%s: scanned %d images in %.1f s (%s); %d converted to 8-bit gray, %d to check '
                          'while writing', name, len(records), time.time() - started, source.description,
                          len(converted), len(deferred))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+PNG_HEADER_BYTES = 33  # the signature and the whole IHDR chunk
 _COLOR_TYPES = {0: 'gray', 2: 'RGB', 3: 'palette', 4: 'gray+alpha', 6: 'RGBA'}
 
 
@@ -57,7 +58,7 @@ def starts_gray8_png(prefix: bytes) -> bool:
 
     Only the header: the whole file still needs `check_png` before it is trusted.
     """
-    if len(prefix) < 33 or not prefix.startswith(PNG_SIGNATURE):
+    if len(prefix) < PNG_HEADER_BYTES or not prefix.startswith(PNG_SIGNATURE):
         return False
     length, ctype, width, height, depth, color = struct.unpack_from('>I4sIIBB', prefix, 8)
     return length == 13 and ctype == b'IHDR' and width > 0 and height > 0 and depth == 8 and color == 0

@@ -21,7 +21,6 @@ _MAX_LISTED = 10
 # Threads that check, convert and write images: reads, zlib and PIL release the GIL.
 BUILD_THREADS = min(8, os.cpu_count() or 1)
 _PREPARE_BATCH = 64
-GRAY8_HEADER_BYTES = 33  # PNG signature + IHDR chunk
 
 _PARTS_RE = '|'.join(p.upper() for p in PARTS)
 _STUDY_PATTERN = rf'^{re.escape(ROOT_NAME)}/(train|valid)/XR_({_PARTS_RE})/(patient\d+)/(study\d+)_(positive|negative)/'
@@ -299,15 +298,15 @@ def undecodable_images_error(source: MuraSource, problems: Sequence[str]) -> Mur
 
 def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
                    prepare: Callable[[bytes], Tuple[bytes, bool]],
-                   read_gray8_header: Optional[Callable[[bytes], bool]] = None,
+                   is_gray8_header: Optional[Callable[[bytes], bool]] = None, header_bytes: int = 0,
                    threads: int = BUILD_THREADS) -> Tuple[Dict[str, bytes], Dict[str, int], set]:
     """Checks every image once and converts those that need it, on `threads` threads.
 
     Threads suffice: reading, the CRC walk (zlib) and PIL's decode/encode release the GIL for
     the bulk of their work.
 
-    With `read_gray8_header` (function(first bytes) -> whether they start an 8-bit gray PNG),
-    images whose first `GRAY8_HEADER_BYTES` say so are only sized here and returned as
+    With `is_gray8_header` (function(the first `header_bytes` bytes) -> whether they start an
+    8-bit gray PNG), images whose header says so are only sized here and returned as
     "deferred": they are stored byte for byte, and the caller checks them when it reads them
     anyway (one read per image instead of two). If any other image is broken, every image is
     checked at once so that the error lists all of them.
@@ -332,7 +331,7 @@ def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
     def one(key: str):
         """(stored size, converted bytes or None, problem or None, deferred); keeps no unconverted bytes."""
         try:
-            if read_gray8_header is not None and read_gray8_header(source.read_prefix(key, GRAY8_HEADER_BYTES)):
+            if is_gray8_header is not None and is_gray8_header(source.read_prefix(key, header_bytes)):
                 return source.size(key), None, None, True
             stored, was_converted = prepare(source.read_bytes(key))
         except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
@@ -357,7 +356,7 @@ def prepare_images(source: MuraSource, records: Iterable[MuraRecord],
                 converted[key] = stored
             if is_deferred:
                 deferred.add(key)
-    if broken and read_gray8_header is not None:
+    if broken and is_gray8_header is not None:
         return prepare_images(source, records, prepare, threads=threads)  # raises, naming every broken image
     if broken:
         raise undecodable_images_error(source, broken)
