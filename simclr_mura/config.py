@@ -111,6 +111,9 @@ class Config:
     mixed_precision: str = 'none'
     jit_compile: bool = False
     allow_random_init: bool = False
+    # Smallest share of the image a SimCLR training crop keeps (the original's 0.08, tuned for
+    # ImageNet; radiographs whose sign is small may want larger crops, docs/learning.md).
+    crop_min_area: float = 0.08
     # Added by the port for --train_mode=baseline (see baseline.py).
     baseline_weights: str = 'imagenet'
     baseline_rotation_degrees: float = 30.0
@@ -194,6 +197,9 @@ def _check_ranges(c: Config) -> List[str]:
         errors.append(f'--checkpoint_epochs={c.checkpoint_epochs} must be > 0 when --checkpoint_steps=0')
     if c.temperature <= 0:
         errors.append(f'--temperature={c.temperature} must be > 0')
+    if not 0.0 < c.crop_min_area <= 1.0:
+        errors.append(f'--crop_min_area={c.crop_min_area} must be in (0, 1]: the smallest share of '
+                      'the image a training crop keeps (the original uses 0.08)')
     if not 0.0 < c.batch_norm_decay < 1.0:
         errors.append(f'--batch_norm_decay={c.batch_norm_decay} must be in (0, 1)')
     if not -1 <= c.fine_tune_after_block <= 4:

@@ -223,7 +223,8 @@ def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndar
 
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
             color_jitter_strength: float, class_weights: Optional[np.ndarray],
-            preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None):
+            preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None,
+            crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA):
     """One example -> (image, targets) as described in the module docstring (SimCLR's grey views
     stay 1-channel; `preprocess_fn` gives its own channels).
 
@@ -235,14 +236,14 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
         preprocess = functools.partial(
             data_util.preprocess_view, height=image_size, width=image_size, is_training=is_training,
             color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
-            test_crop=image_size > 32)
+            test_crop=image_size > 32, crop_min_area=crop_min_area)
     image = features['image']
     view_seeds = [None, None]
     if is_training and seed is not None:
         view_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if is_training and is_pretrain:
         image = data_util.preprocess_views(image, image_size, image_size, color_jitter_strength,
-                                           view_seeds)
+                                           view_seeds, crop_min_area=crop_min_area)
     elif is_training:
         image = preprocess(image, seed=view_seeds[0])
     else:
@@ -298,7 +299,8 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
                    color_jitter_strength: float = 0., cache_dataset: bool = False,
                    class_weights: Optional[np.ndarray] = None, deterministic: bool = False,
                    seed: Optional[int] = None, resume_step: int = 0,
-                   preprocess_fn: Optional[PreprocessFn] = None
+                   preprocess_fn: Optional[PreprocessFn] = None,
+                   crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Returns `input_fn(input_context) -> tf.data.Dataset` of per-replica batches.
 
@@ -320,13 +322,16 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         into a float32 (image_size, image_size, 3) image in [0, 1], used instead of SimCLR's
         `data_util.preprocess_view` (e.g. `baseline.preprocess_fn`); one view, so only with
         `is_pretrain=False`.
+      crop_min_area: smallest share of the image a SimCLR training crop keeps (the original's
+        0.08); unused with `preprocess_fn`.
     """
     if preprocess_fn is not None and is_pretrain:
         raise ValueError('preprocess_fn replaces the one-view preprocessing; pretraining uses '
                          "SimCLR's two-view augmentation (pass preprocess_fn=None)")
     map_fn = functools.partial(_map_fn, image_size=image_size, is_training=is_training,
                                is_pretrain=is_pretrain, color_jitter_strength=color_jitter_strength,
-                               class_weights=class_weights, preprocess_fn=preprocess_fn)
+                               class_weights=class_weights, preprocess_fn=preprocess_fn,
+                               crop_min_area=crop_min_area)
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)

@@ -459,6 +459,7 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
         builder, config.train_split, config.train_batch_size, is_training=True,
         is_pretrain=config.train_mode == 'pretrain', image_size=config.image_size,
         color_jitter_strength=config.color_jitter_strength, cache_dataset=config.cache_dataset,
+        crop_min_area=config.crop_min_area,
         class_weights=class_weights,
         # A seeded run reads in a reproducible order, which also lets a resumed run skip ahead.
         deterministic=config.seed is not None, seed=config.seed, resume_step=start_step,

@@ -160,3 +160,12 @@ def test_to_dict_and_replace():
     assert d['resnet_depth'] == 50 and d['model_dir'] == 'runs/x'
     assert c.replace(resnet_depth=18).resnet_depth == 18 and c.resnet_depth == 50
     assert c.has_supervised_head and not c.replace(lineareval_while_pretraining=False).has_supervised_head
+
+
+def test_crop_min_area_range():
+    validate(_ok(crop_min_area=0.5))
+    validate(_ok(crop_min_area=1.0))
+    for bad in (0.0, -0.1, 1.5):
+        message = _message(_ok(crop_min_area=bad))
+        assert message == (f'--crop_min_area={bad} must be in (0, 1]: the smallest share of the '
+                           'image a training crop keeps (the original uses 0.08)')
