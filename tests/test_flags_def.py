@@ -130,7 +130,7 @@ def test_every_experiment_flagfile_parses_and_validates(flagfile):
 
 
 def _check_baseline_flagfile(flagfile, config):
-    """Seed project settings (mura_facts.md 11.4), the MURA paper's (6), or a small CPU demo."""
+    """Seed project settings (docs/mura.md 5.1), the MURA paper's (3), or a small CPU demo."""
     assert config.optimizer == 'adam' and config.eval_split == 'test'
     if flagfile.startswith('demo_'):
         assert config.baseline_weights == 'none' and config.image_size == 64
