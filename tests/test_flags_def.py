@@ -7,8 +7,8 @@ from absl import flags
 from simclr_mura import config as config_lib
 from simclr_mura import flags_def
 
-# The 48 flags of google-research/simclr tf2/run.py with their types and defaults, transcribed from
-# the behaviour specification (simclr_tf2_spec.md §2), independently of flags_def.
+# The 48 flags of google-research/simclr tf2/run.py (commit 383d414) with their types and defaults,
+# transcribed from its flag definitions, independently of flags_def.
 ORIGINAL_FLAGS = {
     'learning_rate': 0.3, 'learning_rate_scaling': 'linear', 'warmup_epochs': 10.0,
     'weight_decay': 1e-6, 'batch_norm_decay': 0.9, 'train_batch_size': 512, 'train_split': 'train',
