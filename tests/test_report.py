@@ -2,7 +2,8 @@
 
 The grid: the session's tiny pretraining (train, pretrain mode, eval on validation) and linear
 evaluation (train_1pct, eval on test) and the DenseNet-169 baseline (train_1pct, 32 px, 7 steps,
-eval on test) from tests/tiny_runs.py, copied into one model root.
+eval on test) from tests/tiny_runs.py, copied into one model root. The tests that read it are
+marked slow: they need all three trained runs.
 """
 import json
 import math
@@ -58,6 +59,7 @@ def test_seed_numbers_follow_the_seed_report():
     assert report.seed_numbers('wrist', 'SimCLR fine-tune', 1) is None
 
 
+@pytest.mark.slow
 def test_every_file_is_written(grid):
     out = grid['out']
     for name in ('results.csv', 'results.md', 'index.html', 'section_results.html'):
@@ -68,6 +70,7 @@ def test_every_file_is_written(grid):
     assert sorted(p.name for p in out.iterdir() if p.name.startswith('.')) == []  # no temp files
 
 
+@pytest.mark.slow
 def test_table_has_one_row_per_run_in_order(grid):
     table = pd.read_csv(grid['out'] / 'results.csv')
     assert list(table['run']) == ['baseline_1pct_elbow', 'lineareval_1pct_elbow', 'pretrain_elbow']
@@ -101,6 +104,7 @@ def _sklearn_metrics(labels, probabilities):
     return out
 
 
+@pytest.mark.slow
 def test_metric_values_equal_sklearn_on_the_predictions_csv(grid):
     table = pd.read_csv(grid['out'] / 'results.csv')
     for row in table.itertuples(index=False):
@@ -119,6 +123,7 @@ def test_metric_values_equal_sklearn_on_the_predictions_csv(grid):
                     assert found == pytest.approx(value, abs=1e-6), (row.run, level, metric)
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_contain_the_point_estimates(grid):
     table = grid['table']
     checked = 0
@@ -136,6 +141,7 @@ def _references(html_text):
     return re.findall(r'(?:src|href)="([^"#][^"]*)"', html_text)
 
 
+@pytest.mark.slow
 def test_html_page_references_only_existing_files(grid):
     out = grid['out']
     page = (out / 'index.html').read_text()
@@ -149,6 +155,7 @@ def test_html_page_references_only_existing_files(grid):
     assert '<table>' in page and 'DenseNet-169 baseline' in page
 
 
+@pytest.mark.slow
 def test_training_curves_come_from_the_summaries(grid):
     runs = {r.name: r for r in report.find_runs(str(grid['root']))}
     series = report.training_series(runs['pretrain_elbow'])
@@ -161,6 +168,7 @@ def test_training_curves_come_from_the_summaries(grid):
     assert baseline_lr[0] == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_gallery_is_skipped_with_a_note_when_the_data_is_missing(grid, tmp_path):
     report.write_report(str(grid['root']), str(tmp_path), data_dir=str(tmp_path / 'no_data'),
                         num_resamples=20)
@@ -172,6 +180,7 @@ def test_gallery_is_skipped_with_a_note_when_the_data_is_missing(grid, tmp_path)
         assert (tmp_path / reference).is_file(), reference
 
 
+@pytest.mark.slow
 def test_explore_and_report_share_one_page_in_either_order(grid, tmp_path):
     explore.write_explore(grid['data_dir'], str(tmp_path))
     first = (tmp_path / 'index.html').read_text()
