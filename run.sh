@@ -30,7 +30,13 @@ SCALE="${SCALE:-0.02}"
 DEMO_PART="${DEMO_PART:-shoulder}"
 DEMO_SCALE="${DEMO_SCALE:-0.25}"
 SIGN_STRENGTH="${SIGN_STRENGTH:-3}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# TensorFlow's C++ start-up notices: 2 hides INFO and WARNING (oneDNN), 3 also the ERROR
+# "failed call to cuInit" of a machine without an NVIDIA driver (as simclr_mura/tf_env.py for run.py).
+if [[ -e /proc/driver/nvidia/version ]]; then
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+else
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+fi
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }

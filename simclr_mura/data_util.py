@@ -243,11 +243,11 @@ def center_crop_box(image_height, image_width, height, width, crop_proportion):
     """Returns `[offset_height, offset_width, crop_height, crop_width]` (int32) of the eval crop.
 
     The crop keeps the requested aspect ratio and covers `crop_proportion` of the limiting
-    side (sides rounded with rint, offset `((dim - crop) + 1) // 2`). As in the original,
-    the requested ratio is `height / width` and it is compared with the image's
-    `width / height`; the two agree for the square outputs SimCLR uses.
+    side (sides rounded with rint, offset `((dim - crop) + 1) // 2`). As in the original's
+    `center_crop`, the requested ratio is the output's `width / height`, compared with the
+    image's `width / height`.
     """
-    aspect_ratio = height / width
+    aspect_ratio = width / height
     image_height = tf.cast(image_height, tf.int32)
     image_width = tf.cast(image_width, tf.int32)
     h_float = tf.cast(image_height, tf.float32)

@@ -40,10 +40,10 @@ PROBE_FILE = 'probe.json'  # Written by simclr_mura.probe (its RESULT_FILE).
 METRICS = (('acc', 'accuracy'), ('precision', 'precision'), ('recall', 'recall'), ('F1', 'f1'),
            ('AUROC', 'auroc'), ('kappa', 'kappa'))
 LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
-# The MURA paper's DenseNet-169 kappa on its test set (final version; mura_facts.md section 7).
+# The MURA paper's DenseNet-169 kappa on its test set (final version; docs/mura.md section 4).
 PAPER_KAPPA = {'elbow': 0.710, 'finger': 0.389, 'forearm': 0.737, 'hand': 0.851, 'humerus': 0.600,
                'shoulder': 0.729, 'wrist': 0.931, 'all': 0.705}
-# The seed report's Table 4 (mura_facts.md 11.6): (part, method, label %) -> (acc, prec, recall).
+# The seed report's Table 4 (docs/mura.md 5.3): (part, method, label %) -> (acc, prec, recall).
 # Its baseline was study-level at 128 px on all labels; its "Finetune" rows were linear evaluation
 # (frozen backbone) per image at 224 px, so they are shown next to both SimCLR rows of that fraction.
 _SEED_BASELINE = {'elbow': (0.822, 0.506, 0.333), 'hand': (0.784, 0.479, 0.225),

@@ -114,6 +114,19 @@ def build_model(config: Config, num_classes: int):
     return model
 
 
+# Folded into every blur seed: the data pipeline seeds example k with (seed, k) (data.py), so blur
+# seeds (seed, step) would tie example k's flip and crop to step k's blur sigma and selector.
+BLUR_SEED_STREAM = 1
+
+
+def blur_seed(seed: int, step, num_replicas: int, replica_id) -> tf.Tensor:
+    """The seeded pretraining blur's [2] int64 seed for one replica's step: (seed, step x replicas
+    + replica id) with `BLUR_SEED_STREAM` folded in, a stream apart from the data's seeds."""
+    counter = (tf.cast(step, tf.int64) * num_replicas + tf.cast(replica_id, tf.int64))
+    return tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(seed, tf.int64), counter]), tf.constant(BLUR_SEED_STREAM, tf.int64))
+
+
 def build_optimizer(config: Config, learning_rate):
     """The original's `build_optimizer`: LARS, SGD with Nesterov momentum, or Adam."""
     if config.optimizer == 'lars':
@@ -237,13 +250,12 @@ class Trainer:
         self._reported_unused = False
 
     def _blur_seed(self, step):
-        """With --seed, the pretraining blur's seed: (seed, step x replicas + replica id), so a
-        resumed run blurs as the uninterrupted one; None (drawn statefully) otherwise."""
+        """With --seed, the pretraining blur's seed (`blur_seed`), so a resumed run blurs as the
+        uninterrupted one; None (drawn statefully) otherwise."""
         if self.config.seed is None or self.config.train_mode != 'pretrain':
             return None
-        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
-        return tf.stack([tf.constant(self.config.seed, tf.int64),
-                         tf.cast(step, tf.int64) * self.strategy.num_replicas_in_sync + replica_id])
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return blur_seed(self.config.seed, step, self.strategy.num_replicas_in_sync, replica_id)
 
     def _single_step(self, images, targets, record_step):
         step = self.optimizer.iterations + 1

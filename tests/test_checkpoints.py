@@ -4,11 +4,13 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 import tiny_runs
 from simclr_mura import checkpoints
+from simclr_mura import train
 from simclr_mura import model as model_lib
-from simclr_mura.config import ConfigError
+from simclr_mura.config import Config, ConfigError
 
 KERNEL = 'model/resnet_model/initial_conv_relu_max_pool/0/conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE'
 HEAD = 'model/supervised_head/linear_layer/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE'
@@ -113,3 +115,68 @@ def test_zero_init_with_another_class_count_zeroes_the_head(pretrain):
     assert not any(v.numpy().any() for v in model.supervised_head.variables)
     _, logits = model(tf.random.uniform([2, 64, 64, 3]), training=False)
     assert not np.asarray(logits).any()
+
+
+# ------------------------------------------------- optimizer state written by the original's Keras
+
+def _dense_model():
+    model = tf_keras.Sequential([tf_keras.layers.Dense(4, input_shape=(3,)), tf_keras.layers.Dense(1)])
+    return model
+
+
+def _grads(model, seed):
+    x = tf.random.stateless_normal([8, 3], seed=[seed, 0])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.square(model(x) - 1.0))
+    return tape.gradient(loss, model.trainable_variables)
+
+
+def _original_checkpoint(model_dir, kind):
+    """A run of the original's optimizer (`tf.keras.optimizers.SGD(lr, momentum, nesterov=True)` or
+    `Adam(lr)` of Keras' OptimizerV2, today tf_keras.optimizers.legacy), saved in run.py's layout."""
+    model = _dense_model()
+    optimizer = (tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9, nesterov=True) if kind == 'momentum'
+                 else tf_keras.optimizers.legacy.Adam(0.1))
+    for seed in range(3):
+        optimizer.apply_gradients(zip(_grads(model, seed), model.trainable_variables))
+    checkpoint = tf.train.Checkpoint(model=model, global_step=optimizer.iterations, optimizer=optimizer)
+    tf.train.CheckpointManager(checkpoint, model_dir, max_to_keep=1).save(checkpoint_number=3)
+    return model, optimizer
+
+
+@pytest.mark.parametrize('kind, slots', [('momentum', ['momentum']), ('adam', ['m', 'v'])])
+def test_original_momentum_and_adam_state_is_restored_and_training_continues_alike(tmp_path, kind,
+                                                                                   slots):
+    original, original_optimizer = _original_checkpoint(str(tmp_path), kind)
+    latest = tf.train.latest_checkpoint(str(tmp_path))
+    assert checkpoints.legacy_slot_names(latest) == slots
+    model = _dense_model()
+    optimizer = train.build_optimizer(Config(optimizer=kind, learning_rate=0.1, momentum=0.9), 0.1)
+    checkpoint, manager = checkpoints.make_manager(model, optimizer, str(tmp_path), 1)
+    assert checkpoints.resume(checkpoint, manager) == latest
+    assert int(optimizer.iterations.numpy()) == 3
+    # One more step on the same gradients: the port's optimizer continues the original's run.
+    original_optimizer.apply_gradients(zip(_grads(original, 9), original.trainable_variables))
+    optimizer.apply_gradients(zip(_grads(model, 9), model.trainable_variables))
+    for a, b in zip(original.trainable_variables, model.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_original_adam_state_is_refused_by_a_momentum_run(tmp_path):
+    _original_checkpoint(str(tmp_path), 'adam')
+    optimizer = train.build_optimizer(Config(optimizer='momentum', learning_rate=0.1), 0.1)
+    checkpoint, manager = checkpoints.make_manager(_dense_model(), optimizer, str(tmp_path), 1)
+    with pytest.raises(ConfigError) as info:
+        checkpoints.resume(checkpoint, manager)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "slots ['m', 'v']" in message and 'SGD' in message
+
+
+def test_port_checkpoints_have_no_legacy_slots_to_copy(tmp_path):
+    model = _dense_model()
+    optimizer = train.build_optimizer(Config(optimizer='adam', learning_rate=0.1), 0.1)
+    optimizer.apply_gradients(zip(_grads(model, 0), model.trainable_variables))
+    checkpoint, manager = checkpoints.make_manager(model, optimizer, str(tmp_path), 1)
+    manager.save(checkpoint_number=1)
+    assert checkpoints.legacy_slot_names(manager.latest_checkpoint) == []
+    assert not checkpoints.restore_with_legacy_slots(checkpoint, manager.latest_checkpoint)

@@ -103,7 +103,7 @@ def test_mura_class_weights(builder):
 
 
 def test_class_weights_pinned_to_the_mura_paper():
-    """MURA-v1.1 training image counts (mura_facts.md 3.3) give the paper's weights (6): the abnormal
+    """MURA-v1.1 training image counts (docs/mura.md 2.3) give the paper's weights (3): the abnormal
     class is weighted by the normal fraction. Pinned so that they can never be swapped again."""
     names = ('elbow', 'finger', 'hand', 'shoulder')
     table = pd.DataFrame({'body_part': ['elbow'] * 4931 + ['hand'] * 5543 + ['shoulder'] * 8379,

@@ -33,6 +33,21 @@ def _random_image(shape, seed):
 
 # --------------------------------------------------------------------------- fixtures
 
+@pytest.mark.parametrize('image_shape, output_hw, expected', [
+    # The original's center_crop asks _compute_crop_shape for the output's width / height: an output
+    # as wide as the image keeps its shape; a tall output on a square image gets a tall crop.
+    ((100, 200), (32, 64), [6, 13, 88, 175]),
+    ((100, 100), (64, 32), [6, 28, 88, 44]),
+    ((100, 100), (32, 64), [28, 6, 44, 88]),
+])
+def test_center_crop_box_keeps_the_output_aspect_ratio_width_over_height(image_shape, output_hw,
+                                                                         expected):
+    box = data_util.center_crop_box(*image_shape, *output_hw, 0.875)
+    np.testing.assert_array_equal(box.numpy(), expected)
+    crop = data_util.center_crop(np.zeros(image_shape + (3,), np.float32), *output_hw, 0.875)
+    assert crop.shape == output_hw + (3,)
+
+
 @pytest.mark.parametrize('index', IMAGES)
 @pytest.mark.parametrize('size', SIZES)
 def test_center_crop_matches_official(aug, index, size):
