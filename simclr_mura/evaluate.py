@@ -46,6 +46,16 @@ def restore_for_eval(model, checkpoint_path: str) -> int:
 class Predictor:
     """Per-image abnormality probabilities of a model; one compiled step, reused for every call.
 
+    With several workers (MultiWorkerMirroredStrategy) or hosts (a TPU pod slice), evaluation is
+    sharded: each input pipeline reads a disjoint part of the split, padded to the same number of
+    full batches (`data.build_input_fn`), and every step all-gathers the replicas' keys and
+    probabilities, so every worker holds the predictions of every image exactly once. Chosen over
+    "the chief evaluates alone while the others wait" because the model's variables are
+    distributed: a chief-only pass would need a second, undistributed model and a barrier, while
+    the sharded pass is the same code on one device, one host or many, costs each worker 1/N of
+    the split, and gives every worker the same metrics (the baseline's plateau decision, taken
+    from them on every worker, stays in step). Only the chief writes files (`evaluate`).
+
     The probability is softmax(logits)[:, 1] for the SimCLR head and sigmoid(logit) for the
     baseline's (`model.abnormal_probability`).
     """
@@ -60,7 +70,9 @@ class Predictor:
 
         @tf.function
         def eval_step(images, targets):
-            return strategy.run(replica_step, (images, targets))
+            key, probability = strategy.run(replica_step, (images, targets))
+            # All replicas' rows on every worker (an all-gather across workers).
+            return strategy.gather(key, axis=0), strategy.gather(probability, axis=0)
 
         self._eval_step = eval_step
 
@@ -77,8 +89,8 @@ class Predictor:
             if eval_steps and step >= eval_steps:
                 break
             key, probability = self._eval_step(images, targets)
-            keys.extend(t.numpy() for t in strategy.experimental_local_results(key))
-            probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
+            keys.append(key.numpy())
+            probabilities.append(probability.numpy())
         found = pd.DataFrame({'key': np.concatenate(keys) if keys else np.array([], np.int64),
                               'probability': np.concatenate(probabilities) if probabilities else []})
         found = found[found['key'] != data_lib.PADDING_KEY]
