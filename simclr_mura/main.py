@@ -86,11 +86,18 @@ def _evaluate_and_export(config: Config, model, builder, strategy, checkpoint_pa
                                  label='checkpoint')
     result.eval_result = evaluate_lib.evaluate(config, model, builder, strategy, checkpoint_path,
                                                write_files=chief, extra_results=extra_results)
+    # Every worker exports (saving reads variables that may be synchronised across workers); the
+    # non-chief ones into a private directory that is removed right after.
+    export_dir = config.model_dir if chief else train_lib.private_dir('export')
+    try:
+        path = export_lib.export(model, export_dir, result.eval_result['global_step'],
+                                 config.image_size, config.keep_hub_module_max,
+                                 preprocess_fn=baseline.preprocess_fn_for(config))
+    finally:
+        if not chief:
+            train_lib.remove_private_dir(export_dir)
     if chief:
-        result.export_path = export_lib.export(model, config.model_dir,
-                                               result.eval_result['global_step'], config.image_size,
-                                               config.keep_hub_module_max,
-                                               preprocess_fn=baseline.preprocess_fn_for(config))
+        result.export_path = path
 
 
 def _class_weights(config: Config, builder):
