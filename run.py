@@ -8,7 +8,8 @@ Examples:
 
 Run `python run.py --helpfull` for every flag. Bad flags and settings stop the run at start with one
 `run.py: error:` line each and exit code 2; a run stopped by SIGTERM saves a checkpoint and exits
-with 143, a failed checkpoint write with 1 (docs/reliability.md).
+with 143, a failed checkpoint write or a lost worker of a multi-worker run with 1
+(docs/reliability.md).
 """
 import sys
 
@@ -59,7 +60,7 @@ def main(argv):
         _error(str(e), 2)
     except preemption.Preempted as e:
         _error(str(e), preemption.EXIT_CODE)
-    except checkpoints.CheckpointWriteError as e:
+    except (checkpoints.CheckpointWriteError, main_lib.WorkerLostError) as e:
         _error(str(e), 1)
     logging.info('Done.')
 

@@ -1,10 +1,11 @@
 """TFDS `mura` splits -> per-replica tf.data pipelines (behaviour of google-research/simclr `tf2/data.py`).
 
-Each input pipeline reads its share of the split's files through `ReadConfig(input_context=...)`
-(`strategy.distribute_datasets_from_function`), then, as the original:
-cache (optional) -> [training: non-deterministic order (ordered when seeded), slack, shuffle(per-replica batch x 10, x 50 at
-image_size <= 32), repeat] -> map(AUTOTUNE) -> batch(per-replica batch, drop_remainder=is_training)
--> prefetch(AUTOTUNE).
+Each input pipeline (`strategy.distribute_datasets_from_function`) reads its share of the split
+(see below), then, as the original:
+cache (optional) -> [training: non-deterministic order (ordered when seeded), slack,
+shuffle(per-replica batch x 10, x 50 at image_size <= 32), repeat] -> map(AUTOTUNE)
+-> [evaluation: padding to full batches] -> batch(per-replica batch, drop_remainder=True: static
+shapes for TPUs) -> prefetch(AUTOTUNE).
 
 Elements are `(images, targets)`:
 * images: two augmented views concatenated on channels for pretraining, one view otherwise;
@@ -416,7 +417,9 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
             # Every pipeline pads to the full batches of the largest part, so all run the same steps.
             dataset = _pad_to_full_batches(dataset, count, _largest_part(builder, split, pipelines),
                                            global_batch_size // pipelines)
-        dataset = dataset.batch(batch_size, drop_remainder=is_training)
+        # Static batch shapes (TPUs need them): training drops the partial last batch, as the
+        # original; evaluation was padded to full batches above, so dropping removes nothing.
+        dataset = dataset.batch(batch_size, drop_remainder=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn

@@ -29,6 +29,15 @@ from simclr_mura.config import Config, ConfigError
 EVAL_POLL_SECONDS = 15  # As the original's checkpoints_iterator in mode=eval.
 
 
+class WorkerLostError(RuntimeError):
+    """A multi-worker run lost another worker (it stopped, crashed or cannot be reached)."""
+
+
+# How TensorFlow reports a lost peer in a collective op or the coordination service.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.InternalError)
+
+
 @dataclasses.dataclass
 class RunResult:
     """What a run did: the final training step, the last eval result and the last export."""
@@ -150,6 +159,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
 
     Raises:
       ConfigError: bad settings, a missing dataset or a mismatching checkpoint (one line each).
+      WorkerLostError: a multi-worker run lost another worker.
     """
     builder = check_start(config)
     data_lib.ensure_prepared(builder, config.tfds_manual_dir)
@@ -166,7 +176,16 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     lock = (run_lock.hold(config.model_dir) if training and train_lib.is_chief(strategy)
             else contextlib.nullcontext())
     with lock:
-        return _run_mode(config, builder, strategy)
+        try:
+            return _run_mode(config, builder, strategy)
+        except _PEER_ERRORS as e:
+            if not train_lib.is_multi_worker(strategy):
+                raise
+            latest = _latest_checkpoint(config.model_dir)
+            raise WorkerLostError(
+                f'lost contact with another worker of the cluster ({config_lib.first_line(e)}); '
+                'restart every worker with the same command to resume from the newest checkpoint '
+                f'in --model_dir ({latest or "none yet: from the start"})') from e
 
 
 def _run_mode(config: Config, builder, strategy: tf.distribute.Strategy) -> RunResult:

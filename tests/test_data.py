@@ -204,3 +204,13 @@ def test_fewer_training_examples_than_pipelines_is_an_error(builder):
                                    image_size=64)
     with pytest.raises(ValueError, match='fewer than the 8 input pipelines'):
         input_fn(tf.distribute.InputContext(8, 7, 8))
+
+
+@pytest.mark.parametrize('is_training', [True, False])
+def test_batches_have_static_shapes(builder, is_training):
+    # TPUs compile for fixed shapes: the batch dimension is known before the first batch is read.
+    input_fn = data.build_input_fn(builder, 'validation', 4, is_training=is_training,
+                                   is_pretrain=False, image_size=64)
+    images, targets = input_fn(tf.distribute.InputContext(2, 1, 2)).element_spec
+    assert images.shape.as_list() == [2, 64, 64, 1]
+    assert all(spec.shape[0] == 2 for spec in targets.values())

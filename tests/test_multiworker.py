@@ -33,6 +33,7 @@ from simclr_mura import main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER_TIMEOUT_S = 420  # Bounded even on a loaded 2-core machine; a healthy pair needs far less.
 LOSS_RTOL = 1e-4
+LOST_WORKER_TIMEOUT_S = 180  # A lost peer is detected by the coordination service's heartbeats.
 PRETRAIN_STEPS = 3
 FINETUNE_STEPS = 2
 RUN_FLAGS = dict(dataset=tiny_mura.DATASET, resnet_depth=18, image_size=64, train_batch_size=8,
@@ -143,7 +144,7 @@ def _losses(model_dir):
 
 
 def _file_kinds(model_dir):
-    """Relative paths in model_dir, event file names reduced to "events" (their names hold time, host, pid and a per-process counter)."""
+    """Relative paths in model_dir; event file names (time, host, pid, counter) become "events"."""
     kinds = []
     for root, _, files in os.walk(model_dir):
         for name in files:
@@ -221,3 +222,34 @@ def test_two_workers_finetune_evaluate_export(pretrained, data_dir, tmp_path):
     builder = data.load_builder(tiny_mura.DATASET, data_dir)
     _check_two_worker_run(builder, workers, str(tmp_path / 'model'), reference, FINETUNE_STEPS)
     _check_losses(str(tmp_path / 'model'), reference, FINETUNE_STEPS)
+
+
+def test_killed_worker_stops_the_other_and_a_restart_resumes(data_dir, tmp_path):
+    model_dir = str(tmp_path / 'model')
+    flags = dict(RUN_FLAGS, train_mode='pretrain', train_steps=4, mode='train', data_dir=data_dir,
+                 model_dir=model_dir)
+    os.makedirs(tmp_path / 'first')
+    workers = Workers(str(tmp_path / 'first'), flags)
+    try:
+        deadline = time.time() + WORKER_TIMEOUT_S
+        while not (os.path.isdir(model_dir) and tf.train.latest_checkpoint(model_dir)):
+            assert time.time() < deadline and all(p.poll() is None for p in workers.procs), \
+                workers.log(0)[-3000:]
+            time.sleep(0.2)
+        os.killpg(workers.pids[1], signal.SIGKILL)  # The non-chief worker dies mid-run.
+        killed = time.time()
+        code = workers.procs[0].wait(timeout=LOST_WORKER_TIMEOUT_S)
+        print(f'the chief stopped {time.time() - killed:.1f} s after the other worker was killed')
+    finally:
+        workers.kill()
+    assert code == 1
+    errors = [line for line in workers.log(0).splitlines() if line.startswith('run.py: error:')]
+    assert len(errors) == 1 and 'lost contact with another worker' in errors[0], workers.log(0)[-3000:]
+    newest = int(tf.train.latest_checkpoint(model_dir).rsplit('-', 1)[1])
+    assert 1 <= newest < 4 and not os.path.exists(os.path.join(model_dir, 'run.lock'))
+    # The same command on both workers resumes from the newest checkpoint and finishes exactly.
+    os.makedirs(tmp_path / 'restart')
+    restarted, _ = _run_workers(str(tmp_path / 'restart'), flags)
+    for index in range(2):
+        assert f'Resuming from checkpoint {model_dir}/ckpt-{newest} at step {newest}' in restarted.log(index)
+    assert tf.train.latest_checkpoint(model_dir).endswith('ckpt-4')
