@@ -14,7 +14,7 @@ same evaluation serves SimCLR and the DenseNet baseline, so their results are co
 import math
 import os
 import re
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from simclr_mura import faults
 from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
+from simclr_mura import preemption
 from simclr_mura.config import Config
 
 
@@ -77,8 +78,10 @@ class Predictor:
         self._eval_step = eval_step
 
     def __call__(self, builder, *, split: str, batch_size: int, image_size: int,
-                 eval_steps: Optional[int] = None, preprocess_fn=None) -> pd.DataFrame:
-        """Predictions of `split` as `predict` returns them."""
+                 eval_steps: Optional[int] = None, preprocess_fn=None,
+                 stop_requested: Optional[Callable[[], bool]] = None) -> Optional[pd.DataFrame]:
+        """Predictions of `split` as `predict` returns them; None if `stop_requested()` turned
+        true (checked after every batch)."""
         strategy = self.strategy
         input_fn = data_lib.build_input_fn(builder, split, batch_size, is_training=False,
                                            is_pretrain=False, image_size=image_size,
@@ -91,6 +94,8 @@ class Predictor:
             key, probability = self._eval_step(images, targets)
             keys.append(key.numpy())
             probabilities.append(probability.numpy())
+            if stop_requested is not None and stop_requested():
+                return None
         found = pd.DataFrame({'key': np.concatenate(keys) if keys else np.array([], np.int64),
                               'probability': np.concatenate(probabilities) if probabilities else []})
         found = found[found['key'] != data_lib.PADDING_KEY]
@@ -104,7 +109,8 @@ class Predictor:
 
 
 def predict(model, builder, strategy: tf.distribute.Strategy, *, split: str, batch_size: int,
-            image_size: int, eval_steps: Optional[int] = None, preprocess_fn=None) -> pd.DataFrame:
+            image_size: int, eval_steps: Optional[int] = None, preprocess_fn=None,
+            stop_requested: Optional[Callable[[], bool]] = None) -> Optional[pd.DataFrame]:
     """Per-image abnormality probabilities of `split`, one row per image, sorted by image_id.
 
     Columns: image_id, study_id, body_part, label, probability. `eval_steps` limits the number
@@ -113,7 +119,7 @@ def predict(model, builder, strategy: tf.distribute.Strategy, *, split: str, bat
     """
     return Predictor(model, strategy)(builder, split=split, batch_size=batch_size,
                                       image_size=image_size, eval_steps=eval_steps,
-                                      preprocess_fn=preprocess_fn)
+                                      preprocess_fn=preprocess_fn, stop_requested=stop_requested)
 
 
 def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
@@ -129,7 +135,8 @@ def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
 
 def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
              checkpoint_path: str, *, write_files: bool = True,
-             extra_results: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+             extra_results: Optional[Dict[str, Any]] = None,
+             stop_requested: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
     """Evaluates one checkpoint on `config.eval_split` and writes the result files.
 
     Args:
@@ -141,6 +148,8 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
       write_files: write results, predictions and summaries (False on non-chief workers).
       extra_results: more entries for the result (e.g. the class weights in use); only numbers
         whose name starts with 'eval/' become summaries.
+      stop_requested: checked after every batch and before the files are written; when it turns
+        true, `preemption.Preempted` is raised and nothing is written.
 
     Returns:
       The result dict that `result.json` holds (NaN where a metric is undefined).
@@ -150,7 +159,10 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
     predictions = predict(model, builder, strategy, split=config.eval_split,
                           batch_size=config.eval_batch_size, image_size=config.image_size,
                           eval_steps=config.eval_steps,
-                          preprocess_fn=baseline.preprocess_fn_for(config))
+                          preprocess_fn=baseline.preprocess_fn_for(config),
+                          stop_requested=stop_requested)
+    if predictions is None or (stop_requested is not None and stop_requested()):
+        raise preemption.Preempted(step, checkpoint_path, during='evaluation')
     computed = metrics_lib.compute_metrics(predictions, study_level=config.eval_study_level)
     regularization = float(model_lib.add_weight_decay(model, config.optimizer,
                                                       config.weight_decay).numpy())

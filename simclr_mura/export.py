@@ -20,7 +20,7 @@ sigmoid(logit).
 import contextlib
 import os
 import uuid
-from typing import List
+from typing import Callable, List, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -96,7 +96,8 @@ def _exported_steps(export_dir: str) -> List[int]:
 
 
 def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_max: int = 1,
-           preprocess_fn=None) -> str:
+           preprocess_fn=None, stop_requested: Optional[Callable[[], bool]] = None
+           ) -> Optional[str]:
     """Saves `model_dir/saved_model/<step>/` and deletes all but the newest `keep_hub_module_max`.
 
     `preprocess_fn(image, is_training=False)` is the serving preprocessing of a decoded grey PNG
@@ -105,7 +106,8 @@ def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_ma
     The SavedModel is written under a temporary name and renamed into place (where the file system
     supports directory renames), so a killed export leaves no half-written `<step>` directory; the
 next export removes such leftovers (`.tmp-*`).
-    Returns the export path.
+    Returns the export path; None when `stop_requested()` (checked after the save to the
+    temporary name) turned true: the temporary directory is then removed and nothing replaced.
     """
     export_dir = os.path.join(model_dir, 'saved_model')
     target = os.path.join(export_dir, str(step))
@@ -121,13 +123,23 @@ next export removes such leftovers (`.tmp-*`).
         tf.io.gfile.rmtree(stale)
     _save(module, tmp)
     faults.maybe_fail('export', step)
+    if stop_requested is not None and stop_requested():
+        tf.io.gfile.rmtree(tmp)
+        return None
     if tf.io.gfile.exists(target):
         tf.io.gfile.rmtree(target)
     try:
         tf.io.gfile.rename(tmp, target)
+        # gs:// renames a directory object by object; ram:// renames only the directory's marker
+        # and leaves the files under the old name: check that the SavedModel arrived.
+        renamed = tf.io.gfile.exists(os.path.join(target, 'saved_model.pb'))
     except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError):
-        # Object stores cannot rename directories: save in place instead.
-        tf.io.gfile.rmtree(tmp)
+        renamed = False
+    if not renamed:
+        # No directory renames here: save in place instead.
+        for path in (tmp, target):
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
         _save(module, target)
     for old in _exported_steps(export_dir)[:-keep_hub_module_max]:
         tf.io.gfile.rmtree(os.path.join(export_dir, str(old)))

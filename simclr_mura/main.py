@@ -21,6 +21,7 @@ from simclr_mura import config as config_lib
 from simclr_mura import data as data_lib
 from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import export as export_lib
+from simclr_mura import preemption
 from simclr_mura import run_lock
 from simclr_mura import schedule
 from simclr_mura import train as train_lib
@@ -90,18 +91,34 @@ def _check_split_sizes(builder, config: Config) -> None:
 
 def _evaluate_and_export(config: Config, model, builder, strategy, checkpoint_path: str,
                          result: RunResult, extra_results: Dict[str, Any]) -> None:
+    # SIGTERM (preemption) as in training: the evaluation stops after the batch in progress, the
+    # export after the save in progress, before anything is written under model_dir's final names;
+    # run.py exits with 143 and a rerun evaluates (and exports) the same checkpoint again.
+    with preemption.SigtermWatch() as sigterm:
+        _evaluate_and_export_watched(config, model, builder, strategy, checkpoint_path, result,
+                                     extra_results, sigterm)
+
+
+def _evaluate_and_export_watched(config: Config, model, builder, strategy, checkpoint_path: str,
+                                 result: RunResult, extra_results: Dict[str, Any],
+                                 sigterm: preemption.SigtermWatch) -> None:
     chief = train_lib.is_chief(strategy)
     checkpoints.check_compatible(model, checkpoint_path, train_lib.architecture(config),
                                  label='checkpoint')
     result.eval_result = evaluate_lib.evaluate(config, model, builder, strategy, checkpoint_path,
-                                               write_files=chief, extra_results=extra_results)
+                                               write_files=chief, extra_results=extra_results,
+                                               stop_requested=lambda: sigterm.requested)
     # Every worker exports (saving reads variables that may be synchronised across workers); the
     # non-chief ones into a private directory that is removed right after.
     export_dir = config.model_dir if chief else train_lib.private_dir('export')
+    step = result.eval_result['global_step']
     try:
-        path = export_lib.export(model, export_dir, result.eval_result['global_step'],
-                                 config.image_size, config.keep_hub_module_max,
-                                 preprocess_fn=baseline.preprocess_fn_for(config))
+        path = export_lib.export(model, export_dir, step, config.image_size,
+                                 config.keep_hub_module_max,
+                                 preprocess_fn=baseline.preprocess_fn_for(config),
+                                 stop_requested=lambda: sigterm.requested)
+        if path is None:
+            raise preemption.Preempted(step, checkpoint_path, during='export')
     finally:
         if not chief:
             train_lib.remove_private_dir(export_dir)
@@ -130,6 +147,15 @@ def _eval_loop(config: Config, model, builder, strategy, train_steps: int, resul
         logging.info('Waiting for checkpoints in %s (polling every %d s).', config.model_dir,
                      EVAL_POLL_SECONDS)
     for path in tf.train.checkpoints_iterator(config.model_dir, min_interval_secs=EVAL_POLL_SECONDS):
+        # As training's resume: a checkpoint that does not read back (torn, damaged, or deleted
+        # by the trainer's keep_checkpoint_max meanwhile) is not evaluated. The evaluator only
+        # reads model_dir, so it skips the checkpoint instead of moving it aside; the training
+        # run sets it aside when it resumes and writes that step again.
+        problem = checkpoints.checkpoint_problem(path)
+        if problem is not None:
+            logging.warning('Checkpoint %s does not read back (%s): not evaluated; waiting for '
+                            'the next one.', path, problem)
+            continue
         _evaluate_and_export(config, model, builder, strategy, path, result, extra_results)
         if result.eval_result['global_step'] >= train_steps:
             logging.info('Eval complete: step %d >= train_steps %d.',

@@ -129,6 +129,7 @@ def _one_process_run(data_dir, model_dir, flags):
         pytest.skip('needs the 2 logical CPUs of tests/conftest.py')
     config = tiny_runs.base_config(data_dir, model_dir, **{
         k: v for k, v in flags.items() if k not in ('data_dir', 'model_dir')})
+    tiny_runs.fresh_collective_keys()
     return main.run(config, strategy=PerReplicaInputMirroredStrategy(['/cpu:0', '/cpu:1']))
 
 
