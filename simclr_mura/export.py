@@ -89,6 +89,17 @@ class ExportModule(tf.Module):
         return {'probability': model_lib.abnormal_probability(logits), 'logits_sup': logits}
 
 
+def _remove_tree(path: str) -> None:
+    """Removes directory `path` and what is under it, if anything; also a bare directory marker
+    (what ram:// leaves after renaming a directory), which `rmtree` reports as not found."""
+    for remove in (tf.io.gfile.rmtree, tf.io.gfile.remove):
+        try:
+            if tf.io.gfile.exists(path):
+                remove(path)
+        except tf.errors.NotFoundError:
+            continue
+
+
 def _exported_steps(export_dir: str) -> List[int]:
     if not tf.io.gfile.isdir(export_dir):
         return []
@@ -138,8 +149,7 @@ next export removes such leftovers (`.tmp-*`).
     if not renamed:
         # No directory renames here: save in place instead.
         for path in (tmp, target):
-            if tf.io.gfile.exists(path):
-                tf.io.gfile.rmtree(path)
+            _remove_tree(path)
         _save(module, target)
     for old in _exported_steps(export_dir)[:-keep_hub_module_max]:
         tf.io.gfile.rmtree(os.path.join(export_dir, str(old)))

@@ -1,6 +1,7 @@
-"""A run whose --data_dir and --model_dir are not local paths: TensorFlow's in-memory `ram://`
-file system stands in for cloud storage (gs://), so every file the run reads or writes must go
-through tf.io.gfile (a plain `open` or `os.path` call fails on it).
+"""A run whose --model_dir is not a local path: TensorFlow's in-memory `ram://` file system stands
+in for cloud storage (gs://), so every file the run writes or reads back there must go through
+tf.io.gfile (a plain `open` or `os.path` call fails on it). --data_dir stays local: TFDS opens its
+files through etils.epath, which knows gs:// but not ram://.
 
 Where ram:// differs from an object store (docs/cloud.md, docs/reliability.md): it lives in this
 process only; like an object store its directories are name prefixes, but renaming a directory
@@ -8,7 +9,6 @@ renames only its marker, not the files under it (gs:// copies every object), so 
 not rely on directory renames.
 """
 import json
-import os
 import uuid
 
 import pandas as pd
@@ -23,19 +23,10 @@ from simclr_mura import main
 pytestmark = pytest.mark.slow
 
 
-def _copy_tree(source, target):
-    for root, _, files in os.walk(source):
-        rel = os.path.relpath(root, source)
-        tf.io.gfile.makedirs(os.path.join(target, rel))
-        for name in files:
-            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, rel, name))
-
-
 def test_train_evaluate_export_on_ram_filesystem(tmp_path_factory):
-    local_data = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
+    data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
     root = f'ram://simclr_mura_{uuid.uuid4().hex}'
-    data_dir, model_dir = f'{root}/tfds', f'{root}/run'
-    _copy_tree(local_data, data_dir)
+    model_dir = f'{root}/run'
     try:
         config = tiny_runs.base_config(data_dir, model_dir, mode='train_then_eval',
                                        train_mode='finetune', allow_random_init=True,
