@@ -212,6 +212,12 @@ def _check_ranges(c: Config) -> List[str]:
     return errors
 
 
+def is_local_path(path: str) -> bool:
+    """Whether `path` is on a local file system (no URL scheme, or file://), not e.g. gs://."""
+    scheme, sep, _ = path.partition('://')
+    return not sep or scheme == 'file'
+
+
 def _check_combinations(c: Config, resuming: bool) -> List[str]:
     errors = []
     training = c.mode in ('train', 'train_then_eval')
@@ -245,6 +251,14 @@ def _check_combinations(c: Config, resuming: bool) -> List[str]:
                       'without --lineareval_while_pretraining does not have; use --class_weighting=none')
     if c.use_tpu and c.mixed_precision == 'mixed_float16':
         errors.append('--mixed_precision=mixed_float16 is for GPUs; on TPU use mixed_bfloat16')
+    if c.use_tpu:
+        for flag in ('data_dir', 'model_dir'):
+            path = getattr(c, flag)
+            if path is not None and not is_local_path(path):
+                continue
+            shown = f'={path}' if path else ' unset (the default is a local directory)'
+            errors.append(f'--use_tpu needs --{flag} on cloud storage (gs://bucket/...): TPU hosts '
+                          f'read and write only cloud storage, got --{flag}{shown}')
     if not c.use_tpu and (c.tpu_name or c.tpu_zone or c.gcp_project):
         errors.append('--tpu_name/--tpu_zone/--gcp_project are set but --use_tpu=False; '
                       'pass --use_tpu to train on a TPU, or remove them')

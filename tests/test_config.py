@@ -94,6 +94,19 @@ def test_other_combinations():
     validate(_ok(image_size=32, mode='train'))
     assert '--ft_proj_selector=4 must be in -4..3' in _message(_ok(ft_proj_selector=4))
     assert 'but --use_tpu=False' in _message(_ok(tpu_name='my-tpu'))
+
+
+def test_tpu_needs_cloud_storage():
+    message = _message(_ok(use_tpu=True, data_dir='/data/tfds'))
+    assert message.splitlines() == [
+        '--use_tpu needs --data_dir on cloud storage (gs://bucket/...): TPU hosts read and write only '
+        'cloud storage, got --data_dir=/data/tfds',
+        '--use_tpu needs --model_dir on cloud storage (gs://bucket/...): TPU hosts read and write only '
+        'cloud storage, got --model_dir=runs/x']
+    assert 'got --data_dir unset' in _message(Config(use_tpu=True, model_dir='gs://b/run'))
+    assert '--model_dir=file:///runs' in _message(
+        Config(use_tpu=True, model_dir='file:///runs', data_dir='gs://b/tfds'))
+    validate(Config(use_tpu=True, model_dir='gs://b/run', data_dir='gs://b/tfds'))
     assert '--class_weighting=mura weights' in _message(
         _ok(class_weighting='mura', lineareval_while_pretraining=False))
 
