@@ -109,7 +109,7 @@ def extract_features(model, builder, split: str, image_size: int,
 
     @tf.function
     def step(images):
-        return model.endpoints(images, training=False)['final_avg_pool']
+        return model.named_outputs(images, training=False)['final_avg_pool']
 
     keys, features = [], []
     for images, targets in dataset:

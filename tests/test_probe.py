@@ -76,7 +76,7 @@ def test_probe_of_the_tiny_pretraining_run(tmp_path_factory):
     first = next(iter(data_lib.build_input_fn(builder, 'validation', 4, is_training=False,
                                               is_pretrain=False, image_size=64)(
         tf.distribute.InputContext())))
-    direct = model.endpoints(first[0], training=False)['final_avg_pool'].numpy()
+    direct = model.named_outputs(first[0], training=False)['final_avg_pool'].numpy()
     keys = first[1]['key'].numpy()
     by_key = dict(zip(table['key'], table['features']))
     np.testing.assert_allclose(np.stack([by_key[k] for k in keys]), direct, rtol=1e-5, atol=1e-6)
