@@ -3,7 +3,7 @@
 #
 #   bash run.sh demo            synthetic MURA (one body part) -> TFDS build -> grid --preset demo for that
 #                               part -> report + data exploration in WORK_DIR/report (prints index.html)
-#   bash run.sh grid [--parts elbow,hand,shoulder] [--preset demo|gpu] [--data_dir D] [--model_root M]
+#   bash run.sh grid [--parts elbow,hand,shoulder] [--preset demo|cpu|gpu] [--data_dir D] [--model_root M]
 #                               per part: SimCLR pretrain, fine-tune 1/10/100%, linear eval, DenseNet-169
 #                               baseline 1/10/100%, all evaluated on test; finished runs are skipped and
 #                               unfinished ones resumed (defaults: --preset gpu, WORK_DIR/tfds, WORK_DIR/grid;

@@ -48,8 +48,17 @@ class RestoreResult:
     reason: str
 
 
+def _reader(prefix: str):
+    """The reader of checkpoint `prefix`. Unlike `tf.train.load_checkpoint` it does not ask whether
+    the prefix is a directory first: on file systems whose directories are bare name prefixes
+    (TensorFlow's ram://) `ckpt-2` counts as one, since `ckpt-2.index` starts with it."""
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
 def resolve_checkpoint_path(path: str) -> str:
     """Accepts a checkpoint prefix, a directory with checkpoints, or a SavedModel directory."""
+    if tf.io.gfile.exists(path + '.index'):  # A prefix (asked first: see `_reader`).
+        return path
     if tf.io.gfile.isdir(path):
         saved_model_prefix = os.path.join(path, 'variables', 'variables')
         if tf.io.gfile.exists(saved_model_prefix + '.index'):
@@ -81,7 +90,7 @@ def make_manager(model, optimizer, model_dir: str, max_to_keep: int,
 def checkpoint_problem(path: str) -> Optional[str]:
     """None if every tensor of checkpoint `path` reads back (checksums included), else the problem."""
     try:
-        reader = tf.train.load_checkpoint(path)
+        reader = _reader(path)
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
     except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ...)
@@ -250,7 +259,7 @@ def checkpoint_shapes(path: str, keys) -> Dict[str, Optional[List[int]]]:
     variable reachable by several paths is stored under its shortest one (a SavedModel stores the
     model's weights as `trainable_variables_list/<i>`), yet restoring `model/...` still finds it.
     """
-    reader = tf.train.load_checkpoint(path)
+    reader = _reader(path)
     shapes = reader.get_variable_to_shape_map()
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))

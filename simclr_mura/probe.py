@@ -162,9 +162,9 @@ def score(train: pd.DataFrame, test: pd.DataFrame, num_resamples: int) -> Dict[s
     predictions['probability'] = classifier.predict_proba(np.stack(test['features']))[:, 1]
     computed = metrics_lib.compute_metrics(predictions)
     ci = metrics_lib.bootstrap_ci(predictions, 'study', num_resamples=num_resamples)
-    return {'study_auroc': computed['study']['all']['auroc'],
-            'study_kappa': computed['study']['all']['kappa'],
-            'image_auroc': computed['image']['all']['auroc'],
+    return {'study_auroc': computed['study'][metrics_lib.OVERALL]['auroc'],
+            'study_kappa': computed['study'][metrics_lib.OVERALL]['kappa'],
+            'image_auroc': computed['image'][metrics_lib.OVERALL]['auroc'],
             'study_auroc_ci': list(ci['auroc']), 'study_kappa_ci': list(ci['kappa']),
             'C': best_c, 'num_train_images': int(len(train)),
             'num_train_studies': int(train['study_id'].nunique())}

@@ -75,6 +75,32 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                              and 'chief' not in resolver.cluster_spec().as_dict())
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` spans several worker processes (MultiWorkerMirroredStrategy with a cluster)."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return False
+    tasks = resolver.cluster_spec().as_dict()
+    return len(tasks.get('chief', [])) + len(tasks.get('worker', [])) > 1
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Waits until every worker of a multi-worker run gets here (an all-reduce); no-op otherwise."""
+    if is_multi_worker(strategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def private_dir(purpose: str) -> str:
+    """A fresh local directory for what a non-chief worker must write but nobody keeps (its
+    checkpoint and export copies; they are collective operations, so every worker writes them)."""
+    return tempfile.mkdtemp(prefix=f'simclr_mura_worker_{purpose}_')
+
+
+def remove_private_dir(path: Optional[str]) -> None:
+    if path and tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+
+
 def configure_runtime(config: Config) -> None:
     """Seeds, op determinism and the Keras mixed-precision policy (process-wide settings)."""
     if config.seed is not None:
@@ -371,11 +397,6 @@ def _format_seconds(seconds: float) -> str:
     return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
-def _checkpoint_dir(config: Config, chief: bool) -> str:
-    # Non-chief workers of a multi-worker run must save too (collectives), but somewhere private.
-    return config.model_dir if chief else tempfile.mkdtemp(prefix='simclr_mura_worker_')
-
-
 def learning_rate_schedule(config: Config, num_train_examples: int,
                            plateau: Optional[baseline.PlateauState] = None):
     """The baseline's constant rate (times the plateau scale), or SimCLR's warm-up + cosine decay."""
@@ -436,12 +457,25 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
                                                    epoch_steps)
     plateau_on = config.train_mode == 'baseline' and config.baseline_plateau_decay
     chief = is_chief(strategy)
+    # Non-chief workers of a multi-worker run save too (a save is collective), but into a private
+    # directory removed at the end; every worker resumes from the chief's newest checkpoint.
+    save_dir = config.model_dir if chief else private_dir('checkpoints')
+    try:
+        return _train(config, builder, strategy, model, num_train_examples, class_weights, chief,
+                      save_dir, train_steps, epoch_steps, steps_per_loop, plateau_on)
+    finally:
+        if not chief:
+            remove_private_dir(save_dir)
+
+
+def _train(config: Config, builder, strategy, model, num_train_examples, class_weights, chief,
+           save_dir, train_steps, epoch_steps, steps_per_loop, plateau_on) -> int:
     with strategy.scope():
         plateau = baseline.PlateauState() if plateau_on else None
         lr_schedule = learning_rate_schedule(config, num_train_examples, plateau)
         optimizer = build_optimizer(config, lr_schedule)
         checkpoint, manager = checkpoints.make_manager(
-            model, optimizer, _checkpoint_dir(config, chief), config.keep_checkpoint_max,
+            model, optimizer, save_dir, config.keep_checkpoint_max,
             extra={'plateau': plateau} if plateau else None)
         latest = manager.latest_checkpoint
         if latest and chief and checkpoints.set_aside_damaged(config.model_dir) != latest:
@@ -449,12 +483,14 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
             checkpoint, manager = checkpoints.make_manager(
                 model, optimizer, config.model_dir, config.keep_checkpoint_max,
                 extra={'plateau': plateau} if plateau else None)
-            latest = manager.latest_checkpoint
+        barrier(strategy)  # The others read model_dir once the chief has set damaged ones aside.
+        latest = (tf.train.latest_checkpoint(config.model_dir)
+                  if tf.io.gfile.isdir(config.model_dir) else None)
         if latest:
             # A clear message instead of a restore-time shape error when the flags changed.
             checkpoints.check_compatible(model, latest, architecture(config),
                                          label='checkpoint in --model_dir')
-            checkpoints.resume(checkpoint, manager)
+            checkpoint.restore(latest).expect_partial()
             logging.info('Resuming from checkpoint %s at step %d (train_steps %d).', latest,
                          int(optimizer.iterations.numpy()), train_steps)
         else:
@@ -471,6 +507,7 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
         builder, config.train_split, config.train_batch_size, is_training=True,
         is_pretrain=config.train_mode == 'pretrain', image_size=config.image_size,
         color_jitter_strength=config.color_jitter_strength, cache_dataset=config.cache_dataset,
+        crop_min_area=config.crop_min_area,
         class_weights=class_weights,
         # A seeded run reads in a reproducible order, which also lets a resumed run skip ahead.
         deterministic=config.seed is not None, seed=config.seed, resume_step=start_step,
@@ -481,4 +518,6 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
             else None)
     trainer = Trainer(config, strategy, model, optimizer, lr_schedule, train_steps, steps_per_loop,
                       epoch_steps=max(epoch_steps, 1), end_of_epoch=hook)
-    return trainer.run(iterator, manager, writer, chief)
+    final_step = trainer.run(iterator, manager, writer, chief)
+    barrier(strategy)  # The chief's last checkpoint is written before anyone looks for it.
+    return final_step

@@ -526,3 +526,25 @@ def test_interleave_grey_views_equals_concat():
         out = data_util.interleave_grey_views(views[:k])
         assert out.shape == (33, 47, k)
         np.testing.assert_array_equal(out.numpy(), tf.concat(views[:k], -1).numpy())
+
+
+def test_crop_min_area_bounds_the_crop_and_defaults_to_the_original():
+    side = 100
+
+    def areas(**kwargs):
+        boxes = [data_util.random_crop_box(tf.constant([side, side, 1]), 64, 64,
+                                           seed=tf.constant([s, 7]), **kwargs) for s in range(300)]
+        return np.array([float(h * w) / side ** 2 for _, _, h, w in boxes])
+
+    original, large = areas(), areas(area_range=(0.5, 1.0))
+    assert original.min() < 0.3 and large.min() >= 0.5 * (1 - 3 / 71)  # sides rounded to pixels
+    # The default is the original's range: the same boxes as passing (0.08, 1.0) explicitly.
+    np.testing.assert_array_equal(original, areas(area_range=(0.08, 1.0)))
+    # Through a training view: a minimum of the whole image keeps the whole (square) image.
+    image = _random_image((64, 64, 1), 9)
+    seed = tf.constant([5, 6])
+    whole = data_util.train_view(image, 64, 64, 0., seed=seed, crop_min_area=1.0)
+    uncropped = data_util.train_view(image, 64, 64, 0., crop=False, seed=seed)
+    np.testing.assert_allclose(whole.numpy(), uncropped.numpy(), atol=1e-5)
+    cropped = data_util.train_view(image, 64, 64, 0., seed=seed)
+    assert np.abs(cropped.numpy() - uncropped.numpy()).max() > 0.05

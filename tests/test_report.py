@@ -48,7 +48,11 @@ def test_method_names():
     assert report.method_name({'train_mode': 'baseline'}) == 'DenseNet-169 baseline'
     assert report.method_name({'train_mode': 'pretrain'}) == 'SimCLR pretrain (linear-eval head)'
     assert report.method_name({'train_mode': 'finetune', 'fine_tune_after_block': 4}) == 'SimCLR linear eval'
-    assert report.method_name({'train_mode': 'finetune', 'fine_tune_after_block': -1}) == 'SimCLR fine-tune'
+    assert report.method_name({'train_mode': 'finetune', 'fine_tune_after_block': -1,
+                               'checkpoint': 'runs/pretrain'}) == 'SimCLR fine-tune'
+    # --allow_random_init without --checkpoint: the ablation row.
+    assert report.method_name({'train_mode': 'finetune', 'fine_tune_after_block': -1,
+                               'checkpoint': None, 'allow_random_init': True}) == 'Random-init fine-tune'
 
 
 def test_seed_numbers_follow_the_seed_report():
@@ -162,7 +166,10 @@ def test_training_curves_come_from_the_summaries(grid):
     steps, losses = series['loss']
     assert list(steps) == [2, 4]  # one summary per checkpoint loop of the 4-step run
     assert np.isfinite(losses).all()
-    assert set(series) == {'loss', 'accuracy', 'learning rate'}
+    # Pretraining shows the contrastive loss and accuracy against their chance levels (batch 8).
+    assert set(series) == {'loss', 'accuracy', 'learning rate', 'loss chance', 'accuracy chance'}
+    assert series['loss chance'][1] == pytest.approx([2 * math.log(15)] * 2)
+    assert series['accuracy chance'][1] == pytest.approx([1 / 8] * 2)
     baseline_steps, baseline_lr = report.training_series(runs['baseline_1pct_elbow'])['learning rate']
     assert list(baseline_steps) == [2, 3, 4, 6, 7]  # loops end at checkpoints and epoch ends
     assert baseline_lr[0] == pytest.approx(1e-3)
@@ -202,3 +209,29 @@ def test_cli_rejects_a_missing_model_root(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith('report: error')]
     assert len(errors) == 1 and 'is not a directory' in errors[0]
     assert not (tmp_path / 'out').exists()
+
+
+def test_seed_summary_pools_runs_of_one_row():
+    table = pd.DataFrame({'part': ['elbow'] * 4, 'method': ['SimCLR fine-tune'] * 3 + ['x'],
+                          'label %': [10.0] * 4, 'run': ['a', 'b', 'c', 'd'],
+                          'study AUROC': [0.6, 0.7, 0.8, 0.5], 'study kappa': [0.1, 0.2, 0.3, 0.0]})
+    summary = report.seed_summary(table)
+    first = summary.iloc[0]
+    assert first['runs'] == 3 and first['study AUROC mean'] == pytest.approx(0.7)
+    assert first['study AUROC sd'] == pytest.approx(0.1)
+    rows = report.seed_rows(table)
+    assert rows[1][3:] == ['3', '0.700 ± 0.100', '0.200 ± 0.100'] and rows[2][3:] == ['1', '0.500', '0.000']
+
+
+def test_probe_rows_show_pretrained_against_random_encoders():
+    probe = {'dataset': 'mura/elbow/1.1.0', 'rows': [
+        {'encoder': 'pretrained', 'seed': None, 'train_split': 'train_1pct', 'study_auroc': 0.8,
+         'study_auroc_ci': [0.7, 0.9], 'num_train_images': 21},
+        {'encoder': 'random', 'seed': 0, 'train_split': 'train_1pct', 'study_auroc': 0.5,
+         'study_auroc_ci': [0.4, 0.6], 'num_train_images': 21},
+        {'encoder': 'random', 'seed': 1, 'train_split': 'train_1pct', 'study_auroc': 0.6,
+         'study_auroc_ci': [0.5, 0.7], 'num_train_images': 21}]}
+    rows = report.probe_rows([probe])
+    assert rows[1] == ['mura/elbow/1.1.0', '1%', '21', '0.800 [0.70, 0.90]', '0.550 ± 0.071 (2)', '+0.250']
+    text = report.to_markdown(pd.DataFrame(), probes=[probe])
+    assert 'Frozen-feature probe' in text and '+0.250' in text

@@ -33,10 +33,20 @@ def base_config(data_dir: str, model_dir: str, **changes) -> Config:
 
 
 def strategy(replicas: int) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy over `replicas` logical CPUs, with collective keys of its own."""
     devices = [f'/cpu:{i}' for i in range(replicas)]
     if len(tf.config.list_logical_devices('CPU')) < replicas:
         raise RuntimeError(f'needs {replicas} logical CPUs (tests/conftest.py makes 2)')
+    # Two strategies of one test (e.g. a shared run, then an evaluation) would otherwise number
+    # their collectives from the same key; see tests/conftest.py.
+    fresh_collective_keys()
     return tf.distribute.MirroredStrategy(devices)
+
+
+def fresh_collective_keys() -> None:
+    cls = tf.distribute.MirroredStrategy
+    if hasattr(cls, '_collective_key_base'):
+        cls._collective_key_base += 100_000  # pylint: disable=protected-access
 
 
 def pretrain_dir(base_dir: str):
