@@ -34,6 +34,7 @@ def _stem_kernel(model):
     return model.resnet_model.initial_conv_relu_max_pool[0].weights[0].numpy()
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 @pytest.mark.parametrize('form', ['prefix', 'directory', 'saved_model'])
 def test_initialise_from_each_checkpoint_form(pretrain, form):
     path = {'prefix': os.path.join(pretrain, 'ckpt-4'), 'directory': pretrain,
@@ -52,6 +53,7 @@ def test_initialise_from_each_checkpoint_form(pretrain, form):
         'model/resnet_model/initial_conv_relu_max_pool/2/bn/moving_variance/.ATTRIBUTES/VARIABLE_VALUE'))
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 def test_zero_init_logits_layer_zeroes_the_head(pretrain):
     model = _model()
     result = checkpoints.initialize_from_checkpoint(model, pretrain, True, 'r18')
@@ -60,6 +62,7 @@ def test_zero_init_logits_layer_zeroes_the_head(pretrain):
     assert not np.any(model.supervised_head.linear_layer.dense.bias.numpy())
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 def test_deeper_model_names_the_first_missing_variable(pretrain):
     with pytest.raises(checkpoints.CheckpointMismatchError) as info:
         checkpoints.initialize_from_checkpoint(_model(resnet_depth=34), pretrain, False,
@@ -70,6 +73,7 @@ def test_deeper_model_names_the_first_missing_variable(pretrain):
     assert '\n' not in message
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 def test_wider_model_names_the_first_shape_mismatch(pretrain):
     with pytest.raises(checkpoints.CheckpointMismatchError) as info:
         checkpoints.initialize_from_checkpoint(_model(width_multiplier=2), pretrain, False,
@@ -79,6 +83,7 @@ def test_wider_model_names_the_first_shape_mismatch(pretrain):
     assert 'model/_projection_head/' in message or 'model/resnet_model/' in message
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 def test_head_of_another_shape_is_skipped(pretrain):
     model = _model(ft_proj_selector=3)  # the head then reads the 128-d projection output
     result = checkpoints.initialize_from_checkpoint(model, pretrain, False, 'r18')
@@ -94,6 +99,7 @@ def test_not_a_checkpoint(tmp_path):
         checkpoints.initialize_from_checkpoint(_model(), str(tmp_path / 'ckpt-9'), False, 'r18')
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 def test_another_class_count_keeps_a_fresh_head(pretrain):
     # The original crashes here ("initial value's shape ... is not compatible").
     model = model_lib.Model(5, train_mode='finetune', resnet_depth=18, image_size=64, global_bn=False)
@@ -107,6 +113,7 @@ def test_another_class_count_keeps_a_fresh_head(pretrain):
     np.testing.assert_array_equal(_stem_kernel(model), expected.get_tensor(KERNEL))
 
 
+@pytest.mark.slow  # trains the shared tiny pretraining run
 def test_zero_init_with_another_class_count_zeroes_the_head(pretrain):
     model = model_lib.Model(5, train_mode='finetune', resnet_depth=18, image_size=64, global_bn=False)
     model(tf.zeros([1, 64, 64, 3]), training=False)

@@ -445,6 +445,7 @@ def _views_by_seed(image, seeds, fn):
     return np.stack(list(ds.as_numpy_iterator()))
 
 
+@pytest.mark.slow  # 200 seeds per shape: minutes on 2 cores
 @pytest.mark.parametrize('shape', ((90, 70), (57, 83), (49, 129)))
 def test_grey_path_gives_the_same_views_as_rgb_input(shape):
     # 1-channel input is augmented on 1 channel and tiled at the end (data_util docstring); the

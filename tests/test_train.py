@@ -85,6 +85,7 @@ def test_default_strategy_is_mirrored_over_the_local_devices():
     assert not isinstance(single, tf.distribute.MirroredStrategy)
 
 
+@pytest.mark.slow
 def test_jit_compile_and_mixed_precision_train(data_dir, tmp_path):
     config = tiny_runs.base_config(data_dir, str(tmp_path / 'xla'), train_steps=1, jit_compile=True,
                                    mixed_precision='mixed_bfloat16', use_blur=False)
