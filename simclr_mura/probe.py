@@ -204,7 +204,7 @@ def probe(checkpoint: str, builder, *, arch: Architecture, train_splits: Sequenc
             logging.info('Probe %-10s seed %-4s %-12s -> study AUROC %.3f [%.3f, %.3f] (C %g)',
                          encoder, seed or '-', split, result['study_auroc'],
                          *result['study_auroc_ci'], result['C'])
-    return {'checkpoint': restored.path, 'dataset': builder.info.full_name,
+    return {'checkpoint': restored.checkpoint_path, 'dataset': builder.info.full_name,
             'architecture': dataclasses.asdict(arch), 'features': 'final_avg_pool',
             'bootstrap_resamples': num_resamples, 'rows': rows}
 
