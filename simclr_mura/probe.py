@@ -41,7 +41,9 @@ from simclr_mura.config import ConfigError
 
 RESULT_FILE = 'probe.json'
 TRAIN_SPLITS = ('train_1pct', 'train_10pct', 'train')
-C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
+# Regularisation strengths tried (weak regularisation of 512-2048 features converges slowly and
+# over-fits the small label fractions).
+C_GRID = tuple(float(c) for c in np.logspace(-4, 0, 5))
 ARCHITECTURE_KEYS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
                      'proj_head_mode', 'proj_out_dim', 'num_proj_layers', 'global_bn',
                      'batch_norm_decay')
