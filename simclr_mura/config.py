@@ -14,7 +14,8 @@ import re
 from typing import Any, Collection, Dict, List, Optional
 
 # Enumerations. The train modes are a tuple so that new ones are added in one place; `flags_def`
-# builds its enum flag from it. 'baseline' is the supervised DenseNet-169 of `baseline.py`.
+# builds its enum flag from it. 'baseline' is the supervised DenseNet-169 of `densenet.py`;
+# each train mode has a recipe in `recipes/`.
 MODES = ('train', 'eval', 'train_then_eval')
 TRAIN_MODES = ('pretrain', 'finetune', 'baseline')
 LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
@@ -111,7 +112,7 @@ class Config:
     mixed_precision: str = 'none'
     jit_compile: bool = False
     allow_random_init: bool = False
-    # Added by the port for --train_mode=baseline (see baseline.py).
+    # Added by the port for --train_mode=baseline (see densenet.py).
     baseline_weights: str = 'imagenet'
     baseline_rotation_degrees: float = 30.0
     baseline_plateau_decay: bool = False

@@ -13,7 +13,7 @@ Elements are `(images, targets)`:
   views to RGB on the device, after the blur, which gives the views of the original's
   tile-then-augment order (`data_util` docstring: grey path) with a third of the data to write,
   batch and copy. The DenseNet baseline passes its own one-view preprocessing (`preprocess_fn`:
-  resize, flip and rotation, see `baseline.py`), which returns (B, H, W, 3).
+  resize, flip and rotation, see `densenet.py`), which returns (B, H, W, 3).
 * targets: dict with 'label' (B, 2) one-hot float32, 'weight' (B,) float32 (per-example class
   weight, 1 without class weighting) and 'key' (B,) int64: a fingerprint of `image_id`. Keys are
   integers (not strings) so they can pass through any strategy, TPUs included; `split_index` maps

@@ -21,7 +21,6 @@ import pandas as pd
 import tensorflow as tf
 from absl import logging
 
-from simclr_mura import baseline
 from simclr_mura import data as data_lib
 from simclr_mura import faults
 from simclr_mura import io_util
@@ -117,7 +116,8 @@ def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
 
 def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
              checkpoint_path: str, *, write_files: bool = True,
-             extra_results: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+             extra_results: Optional[Dict[str, Any]] = None,
+             preprocess_fn=None) -> Dict[str, Any]:
     """Evaluates one checkpoint on `config.eval_split` and writes the result files.
 
     Args:
@@ -129,6 +129,7 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
       write_files: write results, predictions and summaries (False on non-chief workers).
       extra_results: more entries for the result (e.g. the class weights in use); only numbers
         whose name starts with 'eval/' become summaries.
+      preprocess_fn: the recipe's eval preprocessing (`Recipe.eval_preprocess_fn`; None: SimCLR's).
 
     Returns:
       The result dict that `result.json` holds (NaN where a metric is undefined).
@@ -138,7 +139,7 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
     predictions = predict(model, builder, strategy, split=config.eval_split,
                           batch_size=config.eval_batch_size, image_size=config.image_size,
                           eval_steps=config.eval_steps,
-                          preprocess_fn=baseline.preprocess_fn_for(config))
+                          preprocess_fn=preprocess_fn)
     computed = metrics_lib.compute_metrics(predictions, study_level=config.eval_study_level)
     regularization = float(model_lib.add_weight_decay(model, config.optimizer,
                                                       config.weight_decay).numpy())

@@ -31,7 +31,6 @@ FORWARD_ATOL = 1e-4
 WEIGHT_SUM_ATOL = 1e-10
 VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
-LARS_EXCLUDE = ['batch_normalization', 'bias', 'head_supervised']
 _CFG = r'r(?P<depth>\d+)(?:_(?P<width>\d+)x)?(?:_sk(?P<sk>\d+(?:\.\d+)?))?'
 _MANIFEST_RE = re.compile(rf'^ckpt_manifest_(?P<cfg>{_CFG})(?P<train>_train)?\.txt$')
 _STEM = 'model/resnet_model/initial_conv_relu_max_pool/'
@@ -183,7 +182,7 @@ def _training_checkpoint_shapes(kwargs: dict, image_size: int, batch_size: int =
             0.3, num_examples=100, train_batch_size=batch_size, learning_rate_scaling='linear',
             warmup_epochs=10, train_epochs=100)
         optimizer = LARSOptimizer(schedule, momentum=0.9, weight_decay=1e-6,
-                                  exclude_from_weight_decay=LARS_EXCLUDE)
+                                  exclude_from_weight_decay=list(model_lib.LARS_EXCLUDE))
     images = tf.random.stateless_uniform((batch_size, image_size, image_size, 6), seed=(1, 2))
     labels = tf.one_hot(tf.range(batch_size) % kwargs['num_classes'], kwargs['num_classes'])
 

@@ -9,7 +9,7 @@ import tiny_mura
 import tiny_runs
 from simclr_mura import data
 from simclr_mura import evaluate
-from simclr_mura import train
+from simclr_mura import recipes
 
 
 def test_predictions_filename_is_file_safe():
@@ -27,7 +27,7 @@ def test_evaluate_limited_steps_without_study_level(tmp_path_factory, tmp_path):
     builder = data.load_builder(config.dataset, data_dir)
     strategy = tiny_runs.strategy(2)
     with strategy.scope():
-        model = train.build_model(config, num_classes=2)
+        model = recipes.for_config(config).build_model(num_classes=2)
     result = evaluate.evaluate(config, model, builder, strategy, os.path.join(pretrain, 'ckpt-2'))
     assert result['global_step'] == 2
     assert result['eval/image/overall/num_examples'] == 4  # one global batch of 4
