@@ -6,7 +6,8 @@ cross-entropy of its view-1 embedding against [all view-2, all other view-1] plu
 with the views swapped, averaged over the local batch. With a `tf.distribute` strategy the
 negatives come from every replica.
 """
-from typing import Optional, Tuple
+import math
+from typing import Dict, Optional, Tuple
 
 import tensorflow as tf
 
@@ -114,3 +115,16 @@ def supervised_accuracy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Fraction of rows where argmax(labels) == argmax(logits)."""
     hits = tf.equal(tf.argmax(labels, 1), tf.argmax(logits, axis=1))
     return tf.reduce_mean(tf.cast(hits, tf.float32))
+
+
+def contrastive_chance_levels(global_batch_size: int) -> Dict[str, float]:
+    """What `add_contrastive_loss` and `contrastive_accuracy` give when the embeddings carry no
+    information, for a global batch of N images. The loss picks each view's positive among 2N - 1
+    candidates (the other view's N plus the own view's N - 1), summed over both directions:
+    2 ln(2N - 1). The accuracy, as the original's, looks at the cross-view block only (N
+    candidates): 1 / N. A pretraining run whose curves stay there is not learning the task.
+    """
+    if global_batch_size < 1:
+        raise ValueError(f'global_batch_size must be >= 1, got {global_batch_size}')
+    return {'train/contrast_loss_chance': 2.0 * math.log(2 * global_batch_size - 1),
+            'train/contrast_acc_chance': 1.0 / global_batch_size}

@@ -223,13 +223,15 @@ class Trainer:
         values['learning_rate'] = float(self.lr_schedule(cur_step).numpy())
         values.update(self.recipe.reference_scalars(batch))
         values.update(extra)
+        if 'train/contrast_loss' in values:
+            # Beside the contrastive metrics, so a log or a curve shows whether the task is learned.
+            values.update(objective.contrastive_chance_levels(batch))
         rate = (cur_step - start_step) / max(time.time() - start_time, 1e-9)
         eta = (self.train_steps - cur_step) / rate if rate > 0 else float('nan')
         logging.info('Step %d/%d: loss %.4f, %.1f examples/s, ETA %s | %s', cur_step, self.train_steps,
                      values['train/total_loss'], num_steps * batch / max(elapsed, 1e-9),
                      _format_seconds(eta),
-                     ', '.join(f'{k.split("/")[-1]} {v:.4g}' for k, v in values.items()
-                               if k != 'train/total_loss'))
+                     _format_values(values))
         if chief:
             with writer.as_default():
                 for name, value in values.items():
@@ -237,6 +239,20 @@ class Trainer:
             writer.flush()
         for metric in self.metrics.values():
             metric.reset_state()
+
+
+def _format_values(values: Dict[str, float]) -> str:
+    """'name value' pairs of the progress line; a metric with a `<name>_chance` companion reads
+    'contrast_loss 10.2 (chance 11.08)'."""
+    parts = []
+    for key, value in values.items():
+        if key == 'train/total_loss' or key.endswith('_chance'):
+            continue
+        text = f'{key.split("/")[-1]} {value:.4g}'
+        if f'{key}_chance' in values:
+            text += f' (chance {values[key + "_chance"]:.4g})'
+        parts.append(text)
+    return ', '.join(parts)
 
 
 def _format_seconds(seconds: float) -> str:

@@ -186,3 +186,23 @@ def test_contrastive_metrics_on_hand_made_logits():
     p /= p.sum(1, keepdims=True)
     expected = -np.mean(np.sum(p * np.log(p + 1e-8), 1))
     np.testing.assert_allclose(objective.contrastive_entropy(logits).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('batch', [1, 4, 16])
+def test_chance_levels_are_what_uninformative_embeddings_give(batch):
+    chance = objective.contrastive_chance_levels(batch)
+    # Identical embeddings: every candidate is as similar as the positive.
+    hidden = tf.ones([2 * batch, 8])
+    loss, _, _ = objective.add_contrastive_loss(hidden, hidden_norm=True, temperature=0.5)
+    np.testing.assert_allclose(float(loss), chance['train/contrast_loss_chance'], rtol=1e-5)
+    # Random embeddings: the positive wins about once in the N cross-view candidates.
+    rng = np.random.default_rng(batch)
+    hits = []
+    for _ in range(200):
+        hidden = tf.constant(rng.normal(size=(2 * batch, 64)), tf.float32)
+        _, logits, labels = objective.add_contrastive_loss(hidden, hidden_norm=True, temperature=0.5)
+        hits.append(float(objective.contrastive_accuracy(labels, logits)))
+    expected = chance['train/contrast_acc_chance']
+    assert abs(np.mean(hits) - expected) < 4 * np.sqrt(expected * (1 - expected) / (200 * batch)) + 1e-9
+    with pytest.raises(ValueError):
+        objective.contrastive_chance_levels(0)

@@ -216,3 +216,29 @@ def test_sign_strength_changes_only_abnormal_views_and_is_deterministic():
     assert (usual != strong).mean() > 0.001  # a visibly larger sign
     with pytest.raises(ValueError, match='sign_strength'):
         synthetic.write_synthetic_mura('unused', scale=0.01, sign_strength=9)
+
+
+@pytest.mark.parametrize('part', synthetic.PARTS)
+def test_every_sign_is_drawn_inside_the_centre_crop(part):
+    """An abnormal view differs from the same view without its sign inside the central 87.5%
+    square (the evaluation crop), for every study drawn: no label without pixels behind it."""
+    from tfds_mura import synthetic_images as si
+    for study in range(12):
+        sign = si.draw_study_sign(np.random.default_rng([study, 1]), True)
+        normal = si.render_view(part, (study,), None, np.random.default_rng([study, 2]))
+        abnormal = si.render_view(part, (study,), sign, np.random.default_rng([study, 2]))
+        height, width = normal.shape
+        side = int(min(height, width) * 0.875)
+        top, left = (height - side) // 2, (width - side) // 2
+        crop = (slice(top, top + side), slice(left, left + side))
+        changed = np.abs(abnormal[crop].astype(int) - normal[crop].astype(int)) > 40
+        assert changed.sum() > 20, (part, study, sign)
+
+
+def test_sign_position_stays_within_the_sign_radius():
+    from tfds_mura import synthetic_images as si
+    bone = (0.0, 0.1, 0.0, 0.85, 0.05)  # a forearm bone starting at the joint, pointing away
+    for where in np.linspace(0.3, 0.7, 9):
+        t = si.sign_position(bone, where)
+        assert 0.1 + 0.75 * t <= si.SIGN_RADIUS + 1e-9
+    assert si.sign_position((0.5, 0.5, 0.9, 0.9, 0.05), 0.5) == 0.0  # nearest end when out of reach

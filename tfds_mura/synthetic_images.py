@@ -9,6 +9,9 @@ abnormal study carries one of two signs in every view:
   is not a give-away: where it sits matters);
 * ``implant``: a saturated metal plate with screws along a bone.
 
+A sign sits on the part of its bone within ``SIGN_RADIUS`` of the plate's centre, so that every
+view's centre crop shows it (as a radiograph is framed on the region in question).
+
 Normal images often carry a saturated lateral marker ("L"/"R" block) as real
 radiographs do, so that "has very bright pixels" is not a shortcut for "abnormal".
 
@@ -131,9 +134,36 @@ def draw_study_sign(rng: np.random.Generator, abnormal: bool, strength: float = 
                      shift=float(rng.uniform(0.15, 0.45)), strength=float(strength))
 
 
+# Signs sit within this distance (shape units) of the plate's centre, where every view's centre
+# crop shows them: radiographs are framed on the region in question, and a sign drawn outside the
+# field of view would be a label the pixels cannot support.
+SIGN_RADIUS = 0.3
+
+
+def sign_position(bone: Capsule, where: float) -> float:
+    """The position along ``bone`` (0..1) of a sign drawn at ``where`` (0.3..0.7).
+
+    ``where`` is mapped onto the part of the bone inside ``SIGN_RADIUS`` of the plate's centre
+    (onto the point nearest the centre when the bone does not reach that far).
+    """
+    x0, y0, x1, y1, _ = bone
+    dx, dy = x1 - x0, y1 - y0
+    a, b, c = dx * dx + dy * dy, 2 * (x0 * dx + y0 * dy), x0 * x0 + y0 * y0 - SIGN_RADIUS ** 2
+    disc = b * b - 4 * a * c
+    if a <= 0:
+        return 0.5
+    if disc <= 0:
+        return min(1.0, max(0.0, -b / (2 * a)))
+    lo = max(0.0, (-b - math.sqrt(disc)) / (2 * a))
+    hi = min(1.0, (-b + math.sqrt(disc)) / (2 * a))
+    if lo >= hi:  # The disc lies beyond one end of the bone: the nearer end.
+        return 0.0 if x0 * x0 + y0 * y0 < x1 * x1 + y1 * y1 else 1.0
+    return lo + (hi - lo) * min(1.0, max(0.0, (where - 0.3) / 0.4))
+
+
 def _apply_fracture(bones: List[Capsule], idx: int, sign: StudySign) -> List[Capsule]:
     x0, y0, x1, y1, r = bones[idx]
-    t, gap = sign.where, max(0.012, 0.35 * r) * sign.strength
+    t, gap = sign_position(bones[idx], sign.where), max(0.012, 0.35 * r) * sign.strength
     length = math.hypot(x1 - x0, y1 - y0) + 1e-9
     ux, uy = (x1 - x0) / length, (y1 - y0) / length
     mx, my = x0 + ux * length * t, y0 + uy * length * t
@@ -151,7 +181,8 @@ def _implant(bone: Capsule, sign: StudySign) -> List[Capsule]:
     ux, uy = (x1 - x0) / length, (y1 - y0) / length
     nx, ny = -uy, ux
     half = min(0.45, 0.25 + 0.2 * abs(sign.angle)) * length
-    cx, cy = x0 + ux * length * sign.where, y0 + uy * length * sign.where
+    t = sign_position(bone, sign.where)
+    cx, cy = x0 + ux * length * t, y0 + uy * length * t
     px, py = cx + nx * r * 0.9, cy + ny * r * 0.9
     metal = [(px - ux * half, py - uy * half, px + ux * half, py + uy * half, 0.22 * r * sign.strength)]
     screws = 2 + int(abs(sign.angle) * 6) % 3
