@@ -72,11 +72,15 @@ PIPELINES = ('decode_floor', 'train_two_view', 'train_straightforward', 'eval_on
 def prepare_dataset(args, workdir: str) -> tfds.core.DatasetBuilder:
     """The prepared builder: --data_dir as given, or a synthetic tree built under `workdir`."""
     if args.data_dir:
-        return data_lib.load_builder(args.dataset, args.data_dir)
+        builder = data_lib.make_builder(args.dataset, args.data_dir)
+        data_lib.ensure_prepared(builder)
+        return builder
     from tfds_mura import synthetic  # pylint: disable=import-outside-toplevel
     manual = os.path.join(workdir, 'manual')
     synthetic.write_synthetic_mura(manual, scale=args.scale, seed=0, workers=2)
-    return data_lib.load_builder(args.dataset, os.path.join(workdir, 'data'), manual_dir=manual)
+    builder = data_lib.make_builder(args.dataset, os.path.join(workdir, 'data'))
+    data_lib.ensure_prepared(builder, manual)
+    return builder
 
 
 def _raw_records(builder, split: str) -> tf.data.Dataset:

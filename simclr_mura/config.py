@@ -17,7 +17,9 @@ from typing import Any, Collection, Dict, List, Optional
 # builds its enum flag from it. 'baseline' is the supervised DenseNet-169 of `densenet.py`;
 # each train mode has a recipe in `recipes/`.
 MODES = ('train', 'eval', 'train_then_eval')
-TRAIN_MODES = ('pretrain', 'finetune', 'baseline')
+# The train modes of the SimCLR model (`model.Model`), then the DenseNet-169 baseline.
+SIMCLR_TRAIN_MODES = ('pretrain', 'finetune')
+TRAIN_MODES = SIMCLR_TRAIN_MODES + ('baseline',)
 LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
 OPTIMIZERS = ('momentum', 'adam', 'lars')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')

@@ -96,16 +96,6 @@ def ensure_prepared(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str]
         raise DatasetNotBuiltError(f'--tfds_manual_dir={manual_dir}: ' + ' '.join(str(e).split())) from e
 
 
-def load_builder(dataset: str, data_dir: Optional[str] = None,
-                 manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
-    """The prepared TFDS builder of `dataset`, built from `manual_dir` first if needed."""
-    builder = make_builder(dataset, data_dir)
-    if not builder.is_prepared() and not manual_dir:
-        raise DatasetNotBuiltError(not_built_message(dataset, data_dir))
-    ensure_prepared(builder, manual_dir)
-    return builder
-
-
 def image_key(image_id: tf.Tensor) -> tf.Tensor:
     """int64 fingerprint of `image_id` strings (how eval predictions are matched to their ids)."""
     return tf.strings.to_hash_bucket_fast(image_id, _KEY_BUCKETS)
@@ -216,11 +206,6 @@ def mura_class_weight_table(builder: tfds.core.DatasetBuilder, split: str) -> Cl
     return ClassWeights(split, names, counts, class_weights_from_counts(counts))
 
 
-def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
-    """`mura_class_weight_table(builder, split).weights`: float32 (num_body_parts, 2), [part, label]."""
-    return mura_class_weight_table(builder, split).weights
-
-
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
             color_jitter_strength: float, class_weights: Optional[np.ndarray],
             preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None):
@@ -311,7 +296,7 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
       image_size: output height and width.
       color_jitter_strength: jitter strength of the pretraining views.
       cache_dataset: cache the raw split in memory.
-      class_weights: (num_body_parts, 2) per-example loss weights (see `mura_class_weights`).
+      class_weights: (num_body_parts, 2) per-example loss weights (`mura_class_weight_table(...).weights`).
       deterministic: ordered, seeded pipeline (for exact reruns and skip-ahead resume).
       seed: shuffle seed used when `deterministic`.
       resume_step: training steps already done; with `deterministic`, each input pipeline skips

@@ -228,7 +228,7 @@ def validation_loss(predictions: pd.DataFrame, class_weights: Optional[np.ndarra
                     part_names: Sequence[str]) -> float:
     """Mean weighted BCE of per-image predictions (columns body_part, label, probability).
 
-    `class_weights` is [part, label] -> weight as `data.mura_class_weights` (None: all 1).
+    `class_weights` is [part, label] -> weight as `data.mura_class_weight_table(...).weights` (None: all 1).
     """
     if predictions.empty:
         raise ValueError('no predictions to compute a validation loss from')

@@ -13,7 +13,6 @@ same evaluation serves SimCLR and the DenseNet baseline, so their results are co
 """
 import math
 import os
-import re
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -27,12 +26,7 @@ from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
 from simclr_mura.config import Config
-
-
-def predictions_filename(split: str, step: int) -> str:
-    """`predictions_<split>_<step>.csv`, with slice characters of the split made file-safe."""
-    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', split).strip('_')
-    return f'predictions_{safe}_{step}.csv'
+from simclr_mura.study import run_files
 
 
 def restore_for_eval(model, checkpoint_path: str) -> int:
@@ -153,12 +147,14 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
     _log_result(result, config.eval_study_level)
     if write_files:
         model_dir = config.model_dir
-        io_util.write_text_atomic(os.path.join(model_dir, predictions_filename(config.eval_split, step)),
+        predictions_path = os.path.join(model_dir,
+                                        run_files.predictions_filename(config.eval_split, step))
+        io_util.write_text_atomic(predictions_path,
                                   predictions.to_csv(index=False, float_format='%.7g'))
         faults.maybe_fail('eval', step)
-        io_util.write_json_atomic(os.path.join(model_dir, f'result_{step}.json'), result)
-        io_util.write_json_atomic(os.path.join(model_dir, 'result.json'), result)
-        io_util.write_json_atomic(os.path.join(model_dir, 'flags.json'), config.to_dict())
+        io_util.write_json_atomic(os.path.join(model_dir, run_files.result_at_step(step)), result)
+        io_util.write_json_atomic(os.path.join(model_dir, run_files.RESULT), result)
+        io_util.write_json_atomic(os.path.join(model_dir, run_files.FLAGS), config.to_dict())
         _write_summaries(model_dir, result, step)
     return result
 

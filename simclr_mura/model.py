@@ -14,11 +14,9 @@ import tf_keras
 from simclr_mura import data_util
 from simclr_mura import lars_optimizer
 from simclr_mura import resnet
+from simclr_mura.config import OPTIMIZERS, PROJ_HEAD_MODES, SIMCLR_TRAIN_MODES
 from simclr_mura.schedule import WarmUpAndCosineDecay, get_train_steps  # noqa: F401
 
-PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
-TRAIN_MODES = ('pretrain', 'finetune')
-OPTIMIZERS = ('momentum', 'adam', 'lars')
 # Variables LARS neither decays nor scales by the trust ratio (the original's `build_optimizer`).
 LARS_EXCLUDE = ('batch_normalization', 'bias', 'head_supervised')
 
@@ -200,8 +198,8 @@ class Model(tf_keras.Model):
                  fine_tune_after_block: int = -1, use_blur: bool = True,
                  zero_init_logits_layer: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if train_mode not in TRAIN_MODES:
-            raise ValueError(f'train_mode={train_mode!r}; use one of {TRAIN_MODES}.')
+        if train_mode not in SIMCLR_TRAIN_MODES:
+            raise ValueError(f'train_mode={train_mode!r}; use one of {SIMCLR_TRAIN_MODES}.')
         if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
             raise ValueError(f'fine_tune_after_block must be in -1..4, '
                              f'got {fine_tune_after_block}.')

@@ -221,11 +221,10 @@ class Trainer:
         values = {name: float(metric.result().numpy()) for name, metric in self.metrics.items()}
         # The rate of the next steps (after a plateau decay at this step, the decayed one).
         values['learning_rate'] = float(self.lr_schedule(cur_step).numpy())
+        # Constants beside the metrics (e.g. chance levels), so a log or a curve shows whether the
+        # task is learned.
         values.update(self.recipe.reference_scalars(batch))
         values.update(extra)
-        if 'train/contrast_loss' in values:
-            # Beside the contrastive metrics, so a log or a curve shows whether the task is learned.
-            values.update(objective.contrastive_chance_levels(batch))
         rate = (cur_step - start_step) / max(time.time() - start_time, 1e-9)
         eta = (self.train_steps - cur_step) / rate if rate > 0 else float('nan')
         logging.info('Step %d/%d: loss %.4f, %.1f examples/s, ETA %s | %s', cur_step, self.train_steps,

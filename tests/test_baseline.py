@@ -148,7 +148,9 @@ def test_eval_preprocessing_is_only_a_resize():
 @pytest.fixture(scope='module')
 def builder(tmp_path_factory):
     data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
-    return data.load_builder(tiny_mura.DATASET, data_dir)
+    builder = data.make_builder(tiny_mura.DATASET, data_dir)
+    data.ensure_prepared(builder)
+    return builder
 
 
 def test_input_pipeline_uses_the_baseline_preprocessing(builder):

@@ -12,11 +12,6 @@ from simclr_mura import evaluate
 from simclr_mura import recipes
 
 
-def test_predictions_filename_is_file_safe():
-    assert evaluate.predictions_filename('test', 12) == 'predictions_test_12.csv'
-    assert evaluate.predictions_filename('train[:50%]', 3) == 'predictions_train_50_3.csv'
-
-
 @pytest.mark.slow
 def test_evaluate_limited_steps_without_study_level(tmp_path_factory, tmp_path):
     base = str(tmp_path_factory.getbasetemp())
@@ -24,7 +19,8 @@ def test_evaluate_limited_steps_without_study_level(tmp_path_factory, tmp_path):
     data_dir = tiny_mura.build(os.path.join(base, 'tiny_mura'))
     config = tiny_runs.base_config(data_dir, str(tmp_path), mode='eval', eval_steps=1,
                                    eval_study_level=False, eval_batch_size=4)
-    builder = data.load_builder(config.dataset, data_dir)
+    builder = data.make_builder(config.dataset, data_dir)
+    data.ensure_prepared(builder)
     strategy = tiny_runs.strategy(2)
     with strategy.scope():
         model = recipes.for_config(config).build_model(num_classes=2)

@@ -9,7 +9,6 @@ supervised cross-entropy (per-example class weights with `--class_weighting=mura
 weight-decay term of `model.add_weight_decay`, LARS / momentum / Adam (`model.build_optimizer`),
 warm-up and cosine decay (`schedule.WarmUpAndCosineDecay`), initial weights from `--checkpoint`.
 """
-import math
 from typing import Dict, List
 
 import tensorflow as tf
@@ -20,14 +19,6 @@ from simclr_mura import model as model_lib
 from simclr_mura import objective
 from simclr_mura import schedule
 from simclr_mura.recipes import base
-
-
-def contrastive_chance(global_batch: int) -> Dict[str, float]:
-    """NT-Xent loss and top-1 accuracy of embeddings that carry no information (all logits equal):
-    each of the 2N views picks its positive among 2N - 1 candidates."""
-    candidates = 2 * global_batch - 1
-    return {'train/contrast_loss_chance': 2 * math.log(candidates),
-            'train/contrast_acc_chance': 1 / candidates}
 
 
 class SimCLR(base.Recipe):
@@ -116,7 +107,7 @@ class SimCLR(base.Recipe):
         return base.add_weight_decay(model, c, loss, stats)
 
     def reference_scalars(self, global_batch: int) -> Dict[str, float]:
-        return contrastive_chance(global_batch) if self.pretraining else {}
+        return objective.contrastive_chance_levels(global_batch) if self.pretraining else {}
 
     def initialize(self, model) -> None:
         c = self.config

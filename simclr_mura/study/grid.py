@@ -1,4 +1,4 @@
-"""The experiment grid: `python -m simclr_mura.grid --parts elbow,hand --preset demo|gpu ...`.
+"""The experiment grid: `python -m simclr_mura.study.grid --parts elbow,hand --preset demo|gpu ...`.
 
 For each body part: SimCLR pretraining; fine-tuning at 1%, 10% and 100% labels and linear
 evaluation, all from that pretraining run; the DenseNet-169 baseline at 1%, 10% and 100%. Every
@@ -25,10 +25,12 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-PARTS = ('elbow', 'finger', 'forearm', 'hand', 'humerus', 'shoulder', 'wrist')
+from simclr_mura.study import run_files
+from tfds_mura.mura.mura_source import PARTS
+
 PRESETS = ('demo', 'gpu')
 FRACTIONS = ((1, 'train_1pct'), (10, 'train_10pct'), (100, 'train'))
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS_DIR = os.path.join(REPO_ROOT, 'flags')
 
 
@@ -97,7 +99,7 @@ def plan(parts: Sequence[str], preset: str, data_dir: str, model_root: str) -> L
 def status(run: GridRun, model_root: str) -> str:
     """'done' (result.json written), 'resume' (checkpoints but no result) or 'new'."""
     model_dir = os.path.join(model_root, run.name)
-    if tf.io.gfile.exists(os.path.join(model_dir, 'result.json')):
+    if tf.io.gfile.exists(os.path.join(model_dir, run_files.RESULT)):
         return 'done'
     if tf.io.gfile.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
         return 'resume'
