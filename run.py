@@ -8,10 +8,17 @@ Examples:
 
 Run `python run.py --helpfull` for every flag. Bad flags and settings stop the run at start with one
 `run.py: error:` line each and exit code 2; a run stopped by SIGTERM saves a checkpoint and exits
-with 143, a failed checkpoint write with 1 (docs/reliability.md).
+with 143, a failed checkpoint write or a lost worker of a multi-worker run with 1
+(docs/reliability.md). TensorFlow's C++ start-up notices are filtered unless TF_CPP_MIN_LOG_LEVEL
+is set (simclr_mura/tf_env.py).
 """
 import sys
 
+from simclr_mura import tf_env
+
+tf_env.quiet_tensorflow_logs()  # Before tensorflow is imported (by the imports below).
+
+# pylint: disable=wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging
@@ -59,7 +66,7 @@ def main(argv):
         _error(str(e), 2)
     except preemption.Preempted as e:
         _error(str(e), preemption.EXIT_CODE)
-    except checkpoints.CheckpointWriteError as e:
+    except (checkpoints.CheckpointWriteError, main_lib.WorkerLostError) as e:
         _error(str(e), 1)
     logging.info('Done.')
 

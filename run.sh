@@ -3,7 +3,7 @@
 #
 #   bash run.sh demo            synthetic MURA (one body part) -> TFDS build -> grid --preset demo for that
 #                               part -> report + data exploration in WORK_DIR/report (prints index.html)
-#   bash run.sh grid [--parts elbow,hand,shoulder] [--preset demo|gpu] [--data_dir D] [--model_root M]
+#   bash run.sh grid [--parts elbow,hand,shoulder] [--preset demo|cpu|gpu] [--data_dir D] [--model_root M]
 #                               per part: SimCLR pretrain, fine-tune 1/10/100%, linear eval, DenseNet-169
 #                               baseline 1/10/100%, all evaluated on test; finished runs are skipped and
 #                               unfinished ones resumed (defaults: --preset gpu, WORK_DIR/tfds, WORK_DIR/grid;
@@ -30,7 +30,13 @@ SCALE="${SCALE:-0.02}"
 DEMO_PART="${DEMO_PART:-shoulder}"
 DEMO_SCALE="${DEMO_SCALE:-0.25}"
 SIGN_STRENGTH="${SIGN_STRENGTH:-3}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# TensorFlow's C++ start-up notices: 2 hides INFO and WARNING (oneDNN), 3 also the ERROR
+# "failed call to cuInit" of a machine without an NVIDIA driver (as simclr_mura/tf_env.py for run.py).
+if [[ -e /proc/driver/nvidia/version ]]; then
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+else
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-3}"
+fi
 
 say() { printf '\n==> %s\n' "$*"; }
 die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }

@@ -19,6 +19,7 @@ import uuid
 from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
+import tf_keras
 from absl import logging
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
@@ -47,8 +48,17 @@ class RestoreResult:
     reason: str
 
 
+def _reader(prefix: str):
+    """The reader of checkpoint `prefix`. Unlike `tf.train.load_checkpoint` it does not ask whether
+    the prefix is a directory first: on file systems whose directories are bare name prefixes
+    (TensorFlow's ram://) `ckpt-2` counts as one, since `ckpt-2.index` starts with it."""
+    return tf.compat.v1.train.NewCheckpointReader(prefix)
+
+
 def resolve_checkpoint_path(path: str) -> str:
     """Accepts a checkpoint prefix, a directory with checkpoints, or a SavedModel directory."""
+    if tf.io.gfile.exists(path + '.index'):  # A prefix (asked first: see `_reader`).
+        return path
     if tf.io.gfile.isdir(path):
         saved_model_prefix = os.path.join(path, 'variables', 'variables')
         if tf.io.gfile.exists(saved_model_prefix + '.index'):
@@ -80,7 +90,7 @@ def make_manager(model, optimizer, model_dir: str, max_to_keep: int,
 def checkpoint_problem(path: str) -> Optional[str]:
     """None if every tensor of checkpoint `path` reads back (checksums included), else the problem."""
     try:
-        reader = tf.train.load_checkpoint(path)
+        reader = _reader(path)
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
     except Exception as e:  # pylint: disable=broad-except  (the reader raises OpError, IndexError, ...)
@@ -150,11 +160,70 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
 
 
 def resume(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> Optional[str]:
-    """Restores the newest checkpoint of the manager's directory, if any; returns its path."""
+    """Restores the newest checkpoint of the manager's directory, if any; returns its path.
+
+    Momentum or Adam state written by the original's optimizers (legacy Keras) is restored into
+    this port's optimizer (`restore_with_legacy_slots`)."""
     latest = manager.latest_checkpoint
-    if latest:
+    if latest and not restore_with_legacy_slots(checkpoint, latest):
         checkpoint.restore(latest).expect_partial()
     return latest
+
+
+# The original's momentum and Adam optimizers were Keras' OptimizerV2 ones (tf_keras.optimizers.legacy
+# today): their state is in slot keys `<variable>/.OPTIMIZER_SLOT/optimizer/<slot>/...`. This port's
+# tf_keras SGD and Adam keep it in other objects and refuse such slots on restore. (LARS is a legacy
+# optimizer here as in the original: its "Momentum" slots restore as they are.)
+_LEGACY_SLOTS = {'SGD': {'momentum': 'momentums'}, 'Adam': {'m': '_momentums', 'v': '_velocities'}}
+_SLOT_MARK = '/.OPTIMIZER_SLOT/optimizer/'
+
+
+def legacy_slot_names(path: str) -> List[str]:
+    """The optimizer slot names in checkpoint `path` (e.g. ['m', 'v'] for the original's Adam)."""
+    names = set()
+    for key in tf.train.load_checkpoint(path).get_variable_to_shape_map():
+        if _SLOT_MARK in key and key.endswith(_VALUE_SUFFIX):
+            names.add(key.split(_SLOT_MARK, 1)[1][:-len(_VALUE_SUFFIX)])
+    return sorted(names)
+
+
+def restore_with_legacy_slots(checkpoint: tf.train.Checkpoint, path: str) -> bool:
+    """Restores checkpoint `path` whose optimizer state is legacy Keras slots into `checkpoint`,
+    copying the slots into its (unbuilt, non-legacy) SGD or Adam optimizer.
+
+    Returns False, restoring nothing, when there is nothing to map: a legacy optimizer (LARS) or a
+    checkpoint without slots. Slots that do not fit the optimizer (e.g. Adam state resumed with
+    --optimizer=momentum) are refused with one line."""
+    optimizer = getattr(checkpoint.optimizer, 'inner_optimizer', checkpoint.optimizer)
+    if isinstance(optimizer, tf_keras.optimizers.legacy.Optimizer):
+        return False
+    names = legacy_slot_names(path)
+    if not names:
+        return False
+    kind = type(optimizer).__name__
+    wanted = _LEGACY_SLOTS.get(kind, {})
+    if set(names) != set(wanted):
+        raise ConfigError(
+            f'{path} holds optimizer state with slots {names} (a legacy Keras optimizer, as the '
+            f'original\'s), which does not fit this run\'s {kind} optimizer; resume it with the '
+            'optimizer that wrote it, or start a new --model_dir with --checkpoint to load its weights')
+    if getattr(optimizer, '_built', False):
+        raise ValueError('restore_with_legacy_slots needs an optimizer that is not built yet')
+    # A legacy optimizer of the same kind stands in for the port's: TensorFlow's object matching
+    # restores the slots into it, with the model and every other object of the checkpoint.
+    stand_in = (tf_keras.optimizers.legacy.SGD(nesterov=True) if kind == 'SGD'
+                else tf_keras.optimizers.legacy.Adam())
+    variables = checkpoint.model.trainable_variables
+    stand_in._create_all_weights(variables)  # pylint: disable=protected-access
+    objects = dict(tf.train.TrackableView(checkpoint).children(checkpoint))
+    objects['optimizer'] = stand_in
+    tf.train.Checkpoint(**objects).restore(path).expect_partial()
+    optimizer.build(variables)
+    for slot, attribute in wanted.items():
+        for variable, value in zip(variables, getattr(optimizer, attribute)):
+            value.assign(stand_in.get_slot(variable, slot))
+    logging.info('Restored the legacy Keras %s state (slots %s) of %s.', kind, ', '.join(names), path)
+    return True
 
 
 def _model_variable_shapes(model) -> Dict[str, List[int]]:
@@ -190,7 +259,7 @@ def checkpoint_shapes(path: str, keys) -> Dict[str, Optional[List[int]]]:
     variable reachable by several paths is stored under its shortest one (a SavedModel stores the
     model's weights as `trainable_variables_list/<i>`), yet restoring `model/...` still finds it.
     """
-    reader = tf.train.load_checkpoint(path)
+    reader = _reader(path)
     shapes = reader.get_variable_to_shape_map()
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
     graph.ParseFromString(reader.get_tensor('_CHECKPOINTABLE_OBJECT_GRAPH'))

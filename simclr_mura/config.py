@@ -114,6 +114,9 @@ class Config:
     mixed_precision: str = 'none'
     jit_compile: bool = False
     allow_random_init: bool = False
+    # Smallest share of the image a SimCLR training crop keeps (the original's 0.08, tuned for
+    # ImageNet; radiographs whose sign is small may want larger crops, docs/learning.md).
+    crop_min_area: float = 0.08
     # Added by the port for --train_mode=baseline (see densenet.py).
     baseline_weights: str = 'imagenet'
     baseline_rotation_degrees: float = 30.0
@@ -197,6 +200,9 @@ def _check_ranges(c: Config) -> List[str]:
         errors.append(f'--checkpoint_epochs={c.checkpoint_epochs} must be > 0 when --checkpoint_steps=0')
     if c.temperature <= 0:
         errors.append(f'--temperature={c.temperature} must be > 0')
+    if not 0.0 < c.crop_min_area <= 1.0:
+        errors.append(f'--crop_min_area={c.crop_min_area} must be in (0, 1]: the smallest share of '
+                      'the image a training crop keeps (the original uses 0.08)')
     if not 0.0 < c.batch_norm_decay < 1.0:
         errors.append(f'--batch_norm_decay={c.batch_norm_decay} must be in (0, 1)')
     if not -1 <= c.fine_tune_after_block <= 4:
@@ -207,6 +213,12 @@ def _check_ranges(c: Config) -> List[str]:
         errors.append(f'--ft_proj_selector={c.ft_proj_selector} must be in '
                       f'{-num_hiddens}..{num_hiddens - 1} with --num_proj_layers={c.num_proj_layers}')
     return errors
+
+
+def is_local_path(path: str) -> bool:
+    """Whether `path` is on a local file system (no URL scheme, or file://), not e.g. gs://."""
+    scheme, sep, _ = path.partition('://')
+    return not sep or scheme == 'file'
 
 
 def _check_combinations(c: Config, resuming: bool) -> List[str]:
@@ -242,6 +254,14 @@ def _check_combinations(c: Config, resuming: bool) -> List[str]:
                       'without --lineareval_while_pretraining does not have; use --class_weighting=none')
     if c.use_tpu and c.mixed_precision == 'mixed_float16':
         errors.append('--mixed_precision=mixed_float16 is for GPUs; on TPU use mixed_bfloat16')
+    if c.use_tpu:
+        for flag in ('data_dir', 'model_dir'):
+            path = getattr(c, flag)
+            if path is not None and not is_local_path(path):
+                continue
+            shown = f'={path}' if path else ' unset (the default is a local directory)'
+            errors.append(f'--use_tpu needs --{flag} on cloud storage (gs://bucket/...): TPU hosts '
+                          f'read and write only cloud storage, got --{flag}{shown}')
     if not c.use_tpu and (c.tpu_name or c.tpu_zone or c.gcp_project):
         errors.append('--tpu_name/--tpu_zone/--gcp_project are set but --use_tpu=False; '
                       'pass --use_tpu to train on a TPU, or remove them')

@@ -1,10 +1,11 @@
 """TFDS `mura` splits -> per-replica tf.data pipelines (behaviour of google-research/simclr `tf2/data.py`).
 
-Each input pipeline reads its share of the split's files through `ReadConfig(input_context=...)`
-(`strategy.distribute_datasets_from_function`), then, as the original:
-cache (optional) -> [training: non-deterministic order (ordered when seeded), slack, shuffle(per-replica batch x 10, x 50 at
-image_size <= 32), repeat] -> map(AUTOTUNE) -> batch(per-replica batch, drop_remainder=is_training)
--> prefetch(AUTOTUNE).
+Each input pipeline (`strategy.distribute_datasets_from_function`) reads its share of the split
+(see below), then, as the original:
+cache (optional) -> [training: non-deterministic order (ordered when seeded), slack,
+shuffle(per-replica batch x 10, x 50 at image_size <= 32), repeat] -> map(AUTOTUNE)
+-> [evaluation: padding to full batches] -> batch(per-replica batch, drop_remainder=True: static
+shapes for TPUs) -> prefetch(AUTOTUNE).
 
 Elements are `(images, targets)`:
 * images: two augmented views concatenated on channels for pretraining, one view otherwise;
@@ -19,9 +20,17 @@ Elements are `(images, targets)`:
   integers (not strings) so they can pass through any strategy, TPUs included; `split_index` maps
   them back to image_id, study_id and body_part on the host.
 
-Evaluation reads the whole split on every input pipeline (no sharding, no shuffle), so each worker
-sees every image once; the last batch is completed with padding examples (key `PADDING_KEY`,
-weight 0) that evaluation drops, so every replica gets a full, fixed-shape batch.
+Several input pipelines (one per worker of MultiWorkerMirroredStrategy, one per host of a TPU pod
+slice) each read a disjoint part of the split (`pipeline_split`), so every example is read by
+exactly one pipeline per epoch: by files (TFDS `ReadConfig(input_context=...)`) when training on a
+split with at least as many files as pipelines, as the original; otherwise, and always for
+evaluation, by examples (the TFDS subsplit `tfds.even_splits(split, pipelines)[pipeline id]`, whose
+sizes are known up front). The log says which. One pipeline reads the whole split, as the original.
+
+Evaluation (no shuffle, no repeat) completes each pipeline's part with padding examples (key
+`PADDING_KEY`, weight 0) up to the same number of full batches on every pipeline, so every
+replica gets a full, fixed-shape batch and every worker runs the same number of eval steps;
+evaluation drops the padding rows.
 
 Data position on resume: tf.data distributed iterators are not checkpointable in TF 2.21
 (`tf.train.Checkpoint(iterator=...)` rejects them), so the position is restored by skip-ahead:
@@ -208,7 +217,8 @@ def mura_class_weight_table(builder: tfds.core.DatasetBuilder, split: str) -> Cl
 
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
             color_jitter_strength: float, class_weights: Optional[np.ndarray],
-            preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None):
+            preprocess_fn: Optional[PreprocessFn], seed: Optional[tf.Tensor] = None,
+            crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA):
     """One example -> (image, targets) as described in the module docstring (SimCLR's grey views
     stay 1-channel; `preprocess_fn` gives its own channels).
 
@@ -220,14 +230,14 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
         preprocess = functools.partial(
             data_util.preprocess_view, height=image_size, width=image_size, is_training=is_training,
             color_jitter_strength=color_jitter_strength if is_pretrain else 0.,
-            test_crop=image_size > 32)
+            test_crop=image_size > 32, crop_min_area=crop_min_area)
     image = features['image']
     view_seeds = [None, None]
     if is_training and seed is not None:
         view_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if is_training and is_pretrain:
         image = data_util.preprocess_views(image, image_size, image_size, color_jitter_strength,
-                                           view_seeds)
+                                           view_seeds, crop_min_area=crop_min_area)
     elif is_training:
         image = preprocess(image, seed=view_seeds[0])
     else:
@@ -243,9 +253,10 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
     return image, targets
 
 
-def _pad_to_full_batches(dataset: tf.data.Dataset, count: int,
+def _pad_to_full_batches(dataset: tf.data.Dataset, count: int, largest: int,
                          pipeline_batch: int) -> tf.data.Dataset:
-    """Appends padding examples (key PADDING_KEY, weight 0) up to a multiple of `pipeline_batch`.
+    """Appends padding examples (key PADDING_KEY, weight 0) to the `count` examples of `dataset` up
+    to the smallest multiple of `pipeline_batch` that holds `largest` (the largest pipeline's part).
 
     A padding image is zeros of the shape of `dataset`'s images, so its channels match theirs
     (1 for grey views, 3 for RGB ones).
@@ -254,7 +265,7 @@ def _pad_to_full_batches(dataset: tf.data.Dataset, count: int,
     and the changing batch shape would retrace the eval step (and cannot run on a TPU at all).
     Evaluation drops the padding rows, so results equal the original's partial last batch.
     """
-    pad = -count % pipeline_batch
+    pad = largest + (-largest % pipeline_batch) - count
     if not pad:
         return dataset
     image_spec = dataset.element_spec[0]
@@ -262,6 +273,34 @@ def _pad_to_full_batches(dataset: tf.data.Dataset, count: int,
                {'label': tf.one_hot(0, NUM_CLASSES), 'weight': tf.constant(0.0),
                 'key': tf.constant(PADDING_KEY, tf.int64)})
     return dataset.concatenate(tf.data.Dataset.from_tensors(element).repeat(pad))
+
+
+FILE_SHARDING = 'files'
+EXAMPLE_SHARDING = 'examples'
+
+
+def pipeline_split(builder: tfds.core.DatasetBuilder, split: str,
+                   input_context: tf.distribute.InputContext, *, by_files_if_possible: bool):
+    """What one input pipeline reads of `split`: (split to read, sharding, examples it holds).
+
+    One pipeline: (split, None, all examples). Several: with `by_files_if_possible` and at least as
+    many files as pipelines, (split, FILE_SHARDING, None): TFDS gives each pipeline whole files
+    (pass `input_context` in the ReadConfig); otherwise (the TFDS subsplit of this pipeline,
+    EXAMPLE_SHARDING, its examples), contiguous near-equal parts (sizes differ by at most one).
+    """
+    pipelines = input_context.num_input_pipelines
+    if pipelines == 1:
+        return split, None, num_examples(builder, split)
+    files = len(builder.info.splits[split].file_instructions)
+    if by_files_if_possible and files >= pipelines:
+        return split, FILE_SHARDING, None
+    part = tfds.even_splits(split, pipelines)[input_context.input_pipeline_id]
+    return part, EXAMPLE_SHARDING, int(builder.info.splits[part].num_examples)
+
+
+def _largest_part(builder: tfds.core.DatasetBuilder, split: str, pipelines: int) -> int:
+    """Examples in the largest example-sharded part of `split` over `pipelines` pipelines."""
+    return -(-num_examples(builder, split) // pipelines)
 
 
 def _with_position_seeds(dataset: tf.data.Dataset, seed: Optional[int],
@@ -283,7 +322,8 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
                    color_jitter_strength: float = 0., cache_dataset: bool = False,
                    class_weights: Optional[np.ndarray] = None, deterministic: bool = False,
                    seed: Optional[int] = None, resume_step: int = 0,
-                   preprocess_fn: Optional[PreprocessFn] = None
+                   preprocess_fn: Optional[PreprocessFn] = None,
+                   crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Returns `input_fn(input_context) -> tf.data.Dataset` of per-replica batches.
 
@@ -291,7 +331,8 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
       builder: a prepared `mura` TFDS builder.
       split: TFDS split expression (e.g. 'train_1pct', 'train[:50%]').
       global_batch_size: batch over all replicas; the per-replica batch is this / replicas.
-      is_training: shuffle, repeat, drop the partial last batch, shard files across pipelines.
+      is_training: shuffle, repeat, drop the partial last batch, shard by files when the split has
+        enough of them (see `pipeline_split`).
       is_pretrain: two augmented views with colour jitter (training only).
       image_size: output height and width.
       color_jitter_strength: jitter strength of the pretraining views.
@@ -305,24 +346,41 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         into a float32 (image_size, image_size, 3) image in [0, 1], used instead of SimCLR's
         `data_util.preprocess_view` (e.g. `baseline.preprocess_fn`); one view, so only with
         `is_pretrain=False`.
+      crop_min_area: smallest share of the image a SimCLR training crop keeps (the original's
+        0.08); unused with `preprocess_fn`.
     """
     if preprocess_fn is not None and is_pretrain:
         raise ValueError('preprocess_fn replaces the one-view preprocessing; pretraining uses '
                          "SimCLR's two-view augmentation (pass preprocess_fn=None)")
     map_fn = functools.partial(_map_fn, image_size=image_size, is_training=is_training,
                                is_pretrain=is_pretrain, color_jitter_strength=color_jitter_strength,
-                               class_weights=class_weights, preprocess_fn=preprocess_fn)
+                               class_weights=class_weights, preprocess_fn=preprocess_fn,
+                               crop_min_area=crop_min_area)
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        logging.info('Input pipeline %d/%d for split %s: per-replica batch %d.',
-                     input_context.input_pipeline_id, input_context.num_input_pipelines, split,
-                     batch_size)
+        pipelines = input_context.num_input_pipelines
+        part, sharding, count = pipeline_split(builder, split, input_context,
+                                               by_files_if_possible=is_training)
+        logging.info('Input pipeline %d/%d for split %s: per-replica batch %d%s.',
+                     input_context.input_pipeline_id, pipelines, split, batch_size,
+                     {None: '', FILE_SHARDING: ', sharded by files',
+                      EXAMPLE_SHARDING: f', sharded by examples ({count} of '
+                                        f'{num_examples(builder, split)} examples'
+                                        f'{"; fewer files than pipelines" if is_training else ""})'
+                      }[sharding])
+        if is_training and count == 0:
+            raise ValueError(f'split {split} has {num_examples(builder, split)} examples, fewer than '
+                             f'the {pipelines} input pipelines: input pipeline '
+                             f'{input_context.input_pipeline_id} would have nothing to train on')
         read_config = tfds.ReadConfig(
             interleave_cycle_length=_INTERLEAVE_CYCLE_LENGTH, interleave_block_length=1,
-            input_context=input_context if is_training else None,
+            input_context=input_context if sharding == FILE_SHARDING else None,
             shuffle_seed=seed if deterministic else None)
-        dataset = builder.as_dataset(split=split, shuffle_files=is_training, read_config=read_config)
+        if count == 0:  # TFDS rejects empty subsplits: an empty dataset of the split's elements.
+            dataset = builder.as_dataset(split=split, shuffle_files=False, read_config=read_config).take(0)
+        else:
+            dataset = builder.as_dataset(split=part, shuffle_files=is_training, read_config=read_config)
         if cache_dataset:
             dataset = dataset.cache()
         if is_training:
@@ -346,9 +404,12 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         else:
             dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
         if not is_training:
-            dataset = _pad_to_full_batches(dataset, num_examples(builder, split),
-                                           global_batch_size // input_context.num_input_pipelines)
-        dataset = dataset.batch(batch_size, drop_remainder=is_training)
+            # Every pipeline pads to the full batches of the largest part, so all run the same steps.
+            dataset = _pad_to_full_batches(dataset, count, _largest_part(builder, split, pipelines),
+                                           global_batch_size // pipelines)
+        # Static batch shapes (TPUs need them): training drops the partial last batch, as the
+        # original; evaluation was padded to full batches above, so dropping removes nothing.
+        dataset = dataset.batch(batch_size, drop_remainder=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn

@@ -45,6 +45,7 @@ CROP_PROPORTION = 0.875  # Standard central-crop ratio for ImageNet-style evalua
 # Random-resized-crop constants of the original.
 _MIN_OBJECT_COVERED = 0.1
 _AREA_RANGE = (0.08, 1.0)
+DEFAULT_CROP_MIN_AREA = _AREA_RANGE[0]
 _MAX_ATTEMPTS = 100
 
 _BICUBIC = tf.image.ResizeMethod.BICUBIC
@@ -233,11 +234,11 @@ def center_crop_box(image_height, image_width, height, width, crop_proportion):
     """Returns `[offset_height, offset_width, crop_height, crop_width]` (int32) of the eval crop.
 
     The crop keeps the requested aspect ratio and covers `crop_proportion` of the limiting
-    side (sides rounded with rint, offset `((dim - crop) + 1) // 2`). As in the original,
-    the requested ratio is `height / width` and it is compared with the image's
-    `width / height`; the two agree for the square outputs SimCLR uses.
+    side (sides rounded with rint, offset `((dim - crop) + 1) // 2`). As in the original's
+    `center_crop`, the requested ratio is the output's `width / height`, compared with the
+    image's `width / height`.
     """
-    aspect_ratio = height / width
+    aspect_ratio = width / height
     image_height = tf.cast(image_height, tf.int32)
     image_width = tf.cast(image_width, tf.int32)
     h_float = tf.cast(image_height, tf.float32)
@@ -270,12 +271,13 @@ def center_crop(image, height, width, crop_proportion, rgb=True):
     return tf.image.resize([image], [height, width], method=_BICUBIC)[0]
 
 
-def random_crop_box(image_shape, height, width, seed=None):
+def random_crop_box(image_shape, height, width, seed=None, area_range=_AREA_RANGE):
     """Samples SimCLR's random crop box for an image of `image_shape` (H, W, C).
 
     `sample_distorted_bounding_box` with the whole image as the object box,
     min_object_covered 0.1, aspect ratios (3/4, 4/3) x width/height, area (0.08, 1.0) of
-    the image and 100 attempts; if no box is found it returns the whole image.
+    the image (`area_range`; the port's --crop_min_area raises the lower bound) and 100 attempts;
+    if no box is found it returns the whole image.
     Returns (offset_y, offset_x, crop_height, crop_width) int32 scalars.
     """
     bbox = tf.constant([0.0, 0.0, 1.0, 1.0], dtype=tf.float32, shape=[1, 1, 4])
@@ -287,7 +289,7 @@ def random_crop_box(image_shape, height, width, seed=None):
         seed=resolve_seed(seed),
         min_object_covered=_MIN_OBJECT_COVERED,
         aspect_ratio_range=(3. / 4 * aspect_ratio, 4. / 3. * aspect_ratio),
-        area_range=_AREA_RANGE,
+        area_range=area_range,
         max_attempts=_MAX_ATTEMPTS,
         use_image_if_no_bounding_boxes=True)
     offset_y, offset_x, _ = tf.unstack(begin)
@@ -295,22 +297,24 @@ def random_crop_box(image_shape, height, width, seed=None):
     return offset_y, offset_x, crop_height, crop_width
 
 
-def crop_and_resize(image, height, width, seed=None, rgb=True):
+def crop_and_resize(image, height, width, seed=None, rgb=True, area_range=_AREA_RANGE):
     """Random resized crop (`random_crop_box`) to (height, width): bicubic, no antialias.
 
     `image` may also be uint8 and/or 1-channel: the crop is converted with `to_float(.., rgb)`.
     """
     offset_y, offset_x, crop_height, crop_width = random_crop_box(tf.shape(image), height, width,
-                                                                  seed=seed)
+                                                                  seed=seed, area_range=area_range)
     image = tf.image.crop_to_bounding_box(image, offset_y, offset_x, crop_height, crop_width)
     return tf.image.resize([to_float(image, rgb)], [height, width], method=_BICUBIC)[0]
 
 
-def random_crop_with_resize(image, height, width, p=1.0, seed=None, rgb=True):
+def random_crop_with_resize(image, height, width, p=1.0, seed=None, rgb=True,
+                            area_range=_AREA_RANGE):
     """`crop_and_resize` with probability p (SimCLR always uses p = 1); float32 either way, RGB
     unless `rgb=False`."""
     apply_seed, crop_seed = _split(seed, 2)
-    return random_apply(lambda x: crop_and_resize(x, height, width, seed=crop_seed, rgb=rgb), p=p,
+    return random_apply(lambda x: crop_and_resize(x, height, width, seed=crop_seed, rgb=rgb,
+                                                  area_range=area_range), p=p,
                         x=image, seed=apply_seed, otherwise=lambda x: to_float(x, rgb))
 
 
@@ -388,18 +392,21 @@ def random_flip_left_right(image, seed):
 
 
 def train_view(image, height, width, color_jitter_strength=0., crop=True, flip=True,
-               impl='simclrv2', seed: Optional[tf.Tensor] = None):
+               impl='simclrv2', seed: Optional[tf.Tensor] = None,
+               crop_min_area: float = _AREA_RANGE[0]):
     """One training view in the image's own channels (a grey view stays (H, W, 1)): random resized
     crop, flip, colour distortion, reshape, clip (the original's `preprocess_for_train` before RGB).
 
     The input pipeline yields grey views like this and the model tiles them to RGB on the device
-    (`model.Model`), so a third of the data is written, batched and copied.
+    (`model.Model`), so a third of the data is written, batched and copied. `crop_min_area` is the
+    random crop's smallest share of the image (the original's 0.08).
     """
     rgb = not is_grey(image)
     # A fixed split, so e.g. the flip does not change when the crop is switched off.
     crop_seed, flip_seed, colour_seed = _split(seed, 3)
     if crop:
-        image = random_crop_with_resize(image, height, width, seed=crop_seed, rgb=rgb)
+        image = random_crop_with_resize(image, height, width, seed=crop_seed, rgb=rgb,
+                                        area_range=(crop_min_area, _AREA_RANGE[1]))
     else:
         image = to_float(image, rgb)
     if flip:
@@ -412,14 +419,16 @@ def train_view(image, height, width, color_jitter_strength=0., crop=True, flip=T
 
 
 def preprocess_views(image, height, width, color_jitter_strength: float,
-                     seeds: Sequence[Optional[tf.Tensor]]) -> tf.Tensor:
+                     seeds: Sequence[Optional[tf.Tensor]],
+                     crop_min_area: float = _AREA_RANGE[0]) -> tf.Tensor:
     """Training views of one image, one per seed, concatenated on channels: (H, W, views) for a
     grey image, (H, W, 3 x views) for RGB.
 
     View k is `train_view(image, height, width, color_jitter_strength, seed=seeds[k])` (a None
     seed is drawn per view), i.e. `preprocess_for_train`'s view before a grey view's tile.
     """
-    views = [train_view(image, height, width, color_jitter_strength, seed=seed) for seed in seeds]
+    views = [train_view(image, height, width, color_jitter_strength, seed=seed,
+                        crop_min_area=crop_min_area) for seed in seeds]
     if is_grey(image):
         return interleave_grey_views(views)
     return tf.concat(views, -1)
@@ -453,10 +462,12 @@ def eval_view(image, height, width, crop=True):
 
 
 def preprocess_view(image, height, width, is_training=False, color_jitter_strength=0.,
-                    test_crop=True, seed: Optional[tf.Tensor] = None):
+                    test_crop=True, seed: Optional[tf.Tensor] = None,
+                    crop_min_area: float = _AREA_RANGE[0]):
     """`train_view` when training, else `eval_view` (the original's `preprocess_image` before RGB)."""
     if is_training:
-        return train_view(image, height, width, color_jitter_strength, seed=seed)
+        return train_view(image, height, width, color_jitter_strength, seed=seed,
+                          crop_min_area=crop_min_area)
     return eval_view(image, height, width, test_crop)
 
 

@@ -13,7 +13,8 @@ same evaluation serves SimCLR and the DenseNet baseline, so their results are co
 """
 import math
 import os
-from typing import Any, Dict, Optional
+import re
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ from simclr_mura import faults
 from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
+from simclr_mura import preemption
 from simclr_mura.config import Config
 from simclr_mura.study import run_files
 
@@ -38,6 +40,16 @@ def restore_for_eval(model, checkpoint_path: str) -> int:
 
 class Predictor:
     """Per-image abnormality probabilities of a model; one compiled step, reused for every call.
+
+    With several workers (MultiWorkerMirroredStrategy) or hosts (a TPU pod slice), evaluation is
+    sharded: each input pipeline reads a disjoint part of the split, padded to the same number of
+    full batches (`data.build_input_fn`), and every step all-gathers the replicas' keys and
+    probabilities, so every worker holds the predictions of every image exactly once. Chosen over
+    "the chief evaluates alone while the others wait" because the model's variables are
+    distributed: a chief-only pass would need a second, undistributed model and a barrier, while
+    the sharded pass is the same code on one device, one host or many, costs each worker 1/N of
+    the split, and gives every worker the same metrics (the baseline's plateau decision, taken
+    from them on every worker, stays in step). Only the chief writes files (`evaluate`).
 
     The probability is softmax(logits)[:, 1] for the SimCLR head and sigmoid(logit) for the
     baseline's (`model.abnormal_probability`).
@@ -53,13 +65,17 @@ class Predictor:
 
         @tf.function
         def eval_step(images, targets):
-            return strategy.run(replica_step, (images, targets))
+            key, probability = strategy.run(replica_step, (images, targets))
+            # All replicas' rows on every worker (an all-gather across workers).
+            return strategy.gather(key, axis=0), strategy.gather(probability, axis=0)
 
         self._eval_step = eval_step
 
     def __call__(self, builder, *, split: str, batch_size: int, image_size: int,
-                 eval_steps: Optional[int] = None, preprocess_fn=None) -> pd.DataFrame:
-        """Predictions of `split` as `predict` returns them."""
+                 eval_steps: Optional[int] = None, preprocess_fn=None,
+                 stop_requested: Optional[Callable[[], bool]] = None) -> Optional[pd.DataFrame]:
+        """Predictions of `split` as `predict` returns them; None if `stop_requested()` turned
+        true (checked after every batch)."""
         strategy = self.strategy
         input_fn = data_lib.build_input_fn(builder, split, batch_size, is_training=False,
                                            is_pretrain=False, image_size=image_size,
@@ -70,8 +86,10 @@ class Predictor:
             if eval_steps and step >= eval_steps:
                 break
             key, probability = self._eval_step(images, targets)
-            keys.extend(t.numpy() for t in strategy.experimental_local_results(key))
-            probabilities.extend(t.numpy() for t in strategy.experimental_local_results(probability))
+            keys.append(key.numpy())
+            probabilities.append(probability.numpy())
+            if stop_requested is not None and stop_requested():
+                return None
         found = pd.DataFrame({'key': np.concatenate(keys) if keys else np.array([], np.int64),
                               'probability': np.concatenate(probabilities) if probabilities else []})
         found = found[found['key'] != data_lib.PADDING_KEY]
@@ -85,7 +103,8 @@ class Predictor:
 
 
 def predict(model, builder, strategy: tf.distribute.Strategy, *, split: str, batch_size: int,
-            image_size: int, eval_steps: Optional[int] = None, preprocess_fn=None) -> pd.DataFrame:
+            image_size: int, eval_steps: Optional[int] = None, preprocess_fn=None,
+            stop_requested: Optional[Callable[[], bool]] = None) -> Optional[pd.DataFrame]:
     """Per-image abnormality probabilities of `split`, one row per image, sorted by image_id.
 
     Columns: image_id, study_id, body_part, label, probability. `eval_steps` limits the number
@@ -94,7 +113,7 @@ def predict(model, builder, strategy: tf.distribute.Strategy, *, split: str, bat
     """
     return Predictor(model, strategy)(builder, split=split, batch_size=batch_size,
                                       image_size=image_size, eval_steps=eval_steps,
-                                      preprocess_fn=preprocess_fn)
+                                      preprocess_fn=preprocess_fn, stop_requested=stop_requested)
 
 
 def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
@@ -111,7 +130,8 @@ def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
 def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
              checkpoint_path: str, *, write_files: bool = True,
              extra_results: Optional[Dict[str, Any]] = None,
-             preprocess_fn=None) -> Dict[str, Any]:
+             preprocess_fn=None,
+             stop_requested: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
     """Evaluates one checkpoint on `config.eval_split` and writes the result files.
 
     Args:
@@ -124,6 +144,8 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
       extra_results: more entries for the result (e.g. the class weights in use); only numbers
         whose name starts with 'eval/' become summaries.
       preprocess_fn: the recipe's eval preprocessing (`Recipe.eval_preprocess_fn`; None: SimCLR's).
+      stop_requested: checked after every batch and before the files are written; when it turns
+        true, `preemption.Preempted` is raised and nothing is written.
 
     Returns:
       The result dict that `result.json` holds (NaN where a metric is undefined).
@@ -133,7 +155,10 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
     predictions = predict(model, builder, strategy, split=config.eval_split,
                           batch_size=config.eval_batch_size, image_size=config.image_size,
                           eval_steps=config.eval_steps,
-                          preprocess_fn=preprocess_fn)
+                          preprocess_fn=preprocess_fn,
+                          stop_requested=stop_requested)
+    if predictions is None or (stop_requested is not None and stop_requested()):
+        raise preemption.Preempted(step, checkpoint_path, during='evaluation')
     computed = metrics_lib.compute_metrics(predictions, study_level=config.eval_study_level)
     regularization = float(model_lib.add_weight_decay(model, config.optimizer,
                                                       config.weight_decay).numpy())

@@ -20,7 +20,7 @@ no crop), and `probability` is sigmoid(logit).
 import contextlib
 import os
 import uuid
-from typing import List
+from typing import Callable, List, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -89,6 +89,17 @@ class ExportModule(tf.Module):
         return {'probability': model_lib.abnormal_probability(logits), 'logits_sup': logits}
 
 
+def _remove_tree(path: str) -> None:
+    """Removes directory `path` and what is under it, if anything; also a bare directory marker
+    (what ram:// leaves after renaming a directory), which `rmtree` reports as not found."""
+    for remove in (tf.io.gfile.rmtree, tf.io.gfile.remove):
+        try:
+            if tf.io.gfile.exists(path):
+                remove(path)
+        except tf.errors.NotFoundError:
+            continue
+
+
 def _exported_steps(export_dir: str) -> List[int]:
     if not tf.io.gfile.isdir(export_dir):
         return []
@@ -96,7 +107,8 @@ def _exported_steps(export_dir: str) -> List[int]:
 
 
 def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_max: int = 1,
-           preprocess_fn=None) -> str:
+           preprocess_fn=None, stop_requested: Optional[Callable[[], bool]] = None
+           ) -> Optional[str]:
     """Saves `model_dir/saved_model/<step>/` and deletes all but the newest `keep_hub_module_max`.
 
     `preprocess_fn(image, is_training=False)` is the serving preprocessing of a decoded grey PNG
@@ -105,7 +117,8 @@ def export(model, model_dir: str, step: int, image_size: int, keep_hub_module_ma
     The SavedModel is written under a temporary name and renamed into place (where the file system
     supports directory renames), so a killed export leaves no half-written `<step>` directory; the
 next export removes such leftovers (`.tmp-*`).
-    Returns the export path.
+    Returns the export path; None when `stop_requested()` (checked after the save to the
+    temporary name) turned true: the temporary directory is then removed and nothing replaced.
     """
     export_dir = os.path.join(model_dir, 'saved_model')
     target = os.path.join(export_dir, str(step))
@@ -121,13 +134,22 @@ next export removes such leftovers (`.tmp-*`).
         tf.io.gfile.rmtree(stale)
     _save(module, tmp)
     faults.maybe_fail('export', step)
+    if stop_requested is not None and stop_requested():
+        tf.io.gfile.rmtree(tmp)
+        return None
     if tf.io.gfile.exists(target):
         tf.io.gfile.rmtree(target)
     try:
         tf.io.gfile.rename(tmp, target)
+        # gs:// renames a directory object by object; ram:// renames only the directory's marker
+        # and leaves the files under the old name: check that the SavedModel arrived.
+        renamed = tf.io.gfile.exists(os.path.join(target, 'saved_model.pb'))
     except (tf.errors.UnimplementedError, tf.errors.FailedPreconditionError):
-        # Object stores cannot rename directories: save in place instead.
-        tf.io.gfile.rmtree(tmp)
+        renamed = False
+    if not renamed:
+        # No directory renames here: save in place instead.
+        for path in (tmp, target):
+            _remove_tree(path)
         _save(module, target)
     for old in _exported_steps(export_dir)[:-keep_hub_module_max]:
         tf.io.gfile.rmtree(os.path.join(export_dir, str(old)))

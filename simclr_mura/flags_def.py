@@ -108,6 +108,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum('mixed_precision', 'none', list(config_lib.MIXED_PRECISION_POLICIES),
                       'Keras mixed-precision policy.', **fv)
     flags.DEFINE_bool('jit_compile', False, 'Compile the training step with XLA.', **fv)
+    flags.DEFINE_float('crop_min_area', 0.08, 'Smallest share of the image a SimCLR training crop '
+                       'keeps (random resized crop area range [crop_min_area, 1]; the original: 0.08).',
+                       **fv)
     flags.DEFINE_bool('allow_random_init', False, 'Allow --train_mode=finetune without --checkpoint '
                       '(trains from random weights).', **fv)
     # Added by the port for --train_mode=baseline. The baseline trains with Adam (--optimizer=adam)

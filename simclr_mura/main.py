@@ -20,6 +20,7 @@ from simclr_mura import config as config_lib
 from simclr_mura import data as data_lib
 from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import export as export_lib
+from simclr_mura import preemption
 from simclr_mura import recipes
 from simclr_mura import run_lock
 from simclr_mura import schedule
@@ -27,6 +28,15 @@ from simclr_mura import train as train_lib
 from simclr_mura.config import Config, ConfigError
 
 EVAL_POLL_SECONDS = 15  # As the original's checkpoints_iterator in mode=eval.
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker run lost another worker (it stopped, crashed or cannot be reached)."""
+
+
+# How TensorFlow reports a lost peer in a collective op or the coordination service.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.InternalError)
 
 
 @dataclasses.dataclass
@@ -81,18 +91,41 @@ def _check_split_sizes(builder, config: Config) -> None:
 
 def _evaluate_and_export(recipe: recipes.Recipe, model, builder, strategy, checkpoint_path: str,
                          result: RunResult, extra_results: Dict[str, Any]) -> None:
+    # SIGTERM (preemption) as in training: the evaluation stops after the batch in progress, the
+    # export after the save in progress, before anything is written under model_dir's final names;
+    # run.py exits with 143 and a rerun evaluates (and exports) the same checkpoint again.
+    with preemption.SigtermWatch() as sigterm:
+        _evaluate_and_export_watched(recipe, model, builder, strategy, checkpoint_path, result,
+                                     extra_results, sigterm)
+
+
+def _evaluate_and_export_watched(recipe: recipes.Recipe, model, builder, strategy,
+                                 checkpoint_path: str, result: RunResult, extra_results: Dict[str, Any],
+                                 sigterm: preemption.SigtermWatch) -> None:
     config = recipe.config
     chief = train_lib.is_chief(strategy)
     checkpoints.check_compatible(model, checkpoint_path, recipe.architecture(), label='checkpoint')
     preprocess_fn = recipe.eval_preprocess_fn()
     result.eval_result = evaluate_lib.evaluate(config, model, builder, strategy, checkpoint_path,
                                                write_files=chief, extra_results=extra_results,
-                                               preprocess_fn=preprocess_fn)
+                                               preprocess_fn=preprocess_fn,
+                                               stop_requested=lambda: sigterm.requested)
+    # Every worker exports (saving reads variables that may be synchronised across workers); the
+    # non-chief ones into a private directory that is removed right after.
+    export_dir = config.model_dir if chief else train_lib.private_dir('export')
+    step = result.eval_result['global_step']
+    try:
+        path = export_lib.export(model, export_dir, step, config.image_size,
+                                 config.keep_hub_module_max,
+                                 preprocess_fn=preprocess_fn,
+                                 stop_requested=lambda: sigterm.requested)
+        if path is None:
+            raise preemption.Preempted(step, checkpoint_path, during='export')
+    finally:
+        if not chief:
+            train_lib.remove_private_dir(export_dir)
     if chief:
-        result.export_path = export_lib.export(model, config.model_dir,
-                                               result.eval_result['global_step'], config.image_size,
-                                               config.keep_hub_module_max,
-                                               preprocess_fn=preprocess_fn)
+        result.export_path = path
 
 
 def _class_weights(config: Config, builder):
@@ -117,6 +150,15 @@ def _eval_loop(recipe: recipes.Recipe, model, builder, strategy, train_steps: in
         logging.info('Waiting for checkpoints in %s (polling every %d s).', config.model_dir,
                      EVAL_POLL_SECONDS)
     for path in tf.train.checkpoints_iterator(config.model_dir, min_interval_secs=EVAL_POLL_SECONDS):
+        # As training's resume: a checkpoint that does not read back (torn, damaged, or deleted
+        # by the trainer's keep_checkpoint_max meanwhile) is not evaluated. The evaluator only
+        # reads model_dir, so it skips the checkpoint instead of moving it aside; the training
+        # run sets it aside when it resumes and writes that step again.
+        problem = checkpoints.checkpoint_problem(path)
+        if problem is not None:
+            logging.warning('Checkpoint %s does not read back (%s): not evaluated; waiting for '
+                            'the next one.', path, problem)
+            continue
         _evaluate_and_export(recipe, model, builder, strategy, path, result, extra_results)
         if result.eval_result['global_step'] >= train_steps:
             logging.info('Eval complete: step %d >= train_steps %d.',
@@ -146,6 +188,7 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
 
     Raises:
       ConfigError: bad settings, a missing dataset or a mismatching checkpoint (one line each).
+      WorkerLostError: a multi-worker run lost another worker.
     """
     builder = check_start(config)
     data_lib.ensure_prepared(builder, config.tfds_manual_dir)
@@ -162,7 +205,16 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     lock = (run_lock.hold(config.model_dir) if training and train_lib.is_chief(strategy)
             else contextlib.nullcontext())
     with lock:
-        return _run_mode(config, builder, strategy)
+        try:
+            return _run_mode(config, builder, strategy)
+        except _PEER_ERRORS as e:
+            if not train_lib.is_multi_worker(strategy):
+                raise
+            latest = _latest_checkpoint(config.model_dir)
+            raise WorkerLostError(
+                f'lost contact with another worker of the cluster ({config_lib.first_line(e)}); '
+                'restart every worker with the same command to resume from the newest checkpoint '
+                f'in --model_dir ({latest or "none yet: from the start"})') from e
 
 
 def _run_mode(config: Config, builder, strategy: tf.distribute.Strategy) -> RunResult:

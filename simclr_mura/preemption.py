@@ -22,11 +22,17 @@ EXIT_CODE = 128 + signal.SIGTERM
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM after saving a checkpoint at `step`."""
+    """Training stopped on SIGTERM after saving a checkpoint at `step` (or, with `during`, an
+    evaluation or export of checkpoint `checkpoint` stopped before writing its results)."""
 
-    def __init__(self, step: int, checkpoint: str):
-        super().__init__(f'stopped by SIGTERM at step {step} after saving checkpoint {checkpoint}; '
-                         'rerun the same command to continue from there')
+    def __init__(self, step: int, checkpoint: str, during: Optional[str] = None):
+        if during is None:
+            message = (f'stopped by SIGTERM at step {step} after saving checkpoint {checkpoint}; '
+                       'rerun the same command to continue from there')
+        else:  # Evaluation or export of a saved checkpoint: nothing of it was written.
+            message = (f'stopped by SIGTERM during the {during} of checkpoint {checkpoint} (step '
+                       f'{step}) before its results were written; rerun the same command to do it again')
+        super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
 
@@ -62,7 +68,8 @@ class SigtermWatch:
             if not data:  # The write end was closed: the watch is over.
                 return
             if signal.SIGTERM in data:
-                logging.warning('SIGTERM received: stopping after the current step to save a checkpoint.')
+                logging.warning('SIGTERM received: stopping after the current step (training: '
+                                'to save a checkpoint).')
                 self.stop_flag.assign(True)
 
     def __enter__(self):

@@ -38,8 +38,9 @@ from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
 from simclr_mura.config import ConfigError
+from simclr_mura.study import run_files
 
-RESULT_FILE = 'probe.json'
+RESULT_FILE = run_files.PROBE  # The study reads it (study/run_files.py).
 TRAIN_SPLITS = ('train_1pct', 'train_10pct', 'train')
 C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
 ARCHITECTURE_KEYS = ('resnet_depth', 'width_multiplier', 'sk_ratio', 'se_ratio', 'image_size',
@@ -78,7 +79,7 @@ def run_directory(checkpoint: str) -> str:
 def architecture_of(checkpoint: str, overrides: Dict[str, object]) -> Architecture:
     """The run's architecture from its flags.json (if any), with explicit overrides on top."""
     values = {}
-    flags_path = os.path.join(run_directory(checkpoint), 'flags.json')
+    flags_path = os.path.join(run_directory(checkpoint), run_files.FLAGS)
     if tf.io.gfile.exists(flags_path):
         with tf.io.gfile.GFile(flags_path) as f:
             saved = json.load(f)
@@ -109,7 +110,7 @@ def extract_features(model, builder, split: str, image_size: int,
 
     @tf.function
     def step(images):
-        return model.endpoints(images, training=False)['final_avg_pool']
+        return model.named_outputs(images, training=False)['final_avg_pool']
 
     keys, features = [], []
     for images, targets in dataset:
@@ -162,9 +163,9 @@ def score(train: pd.DataFrame, test: pd.DataFrame, num_resamples: int) -> Dict[s
     predictions['probability'] = classifier.predict_proba(np.stack(test['features']))[:, 1]
     computed = metrics_lib.compute_metrics(predictions)
     ci = metrics_lib.bootstrap_ci(predictions, 'study', num_resamples=num_resamples)
-    return {'study_auroc': computed['study']['all']['auroc'],
-            'study_kappa': computed['study']['all']['kappa'],
-            'image_auroc': computed['image']['all']['auroc'],
+    return {'study_auroc': computed['study'][metrics_lib.OVERALL]['auroc'],
+            'study_kappa': computed['study'][metrics_lib.OVERALL]['kappa'],
+            'image_auroc': computed['image'][metrics_lib.OVERALL]['auroc'],
             'study_auroc_ci': list(ci['auroc']), 'study_kappa_ci': list(ci['kappa']),
             'C': best_c, 'num_train_images': int(len(train)),
             'num_train_studies': int(train['study_id'].nunique())}

@@ -106,8 +106,34 @@ class FixedPadding(tf_keras.layers.Layer):
         return tf.pad(inputs, [[0, 0], [pad_beg, pad_end], [pad_beg, pad_end], [0, 0]])
 
 
+@tf.custom_gradient
+def same_conv_stride1(inputs, kernel):
+    """`tf.nn.conv2d(inputs, kernel, 1, 'SAME')` for an odd kernel, with the input gradient
+    computed as a forward convolution of the upstream gradient with the kernel flipped in space
+    and transposed in channels (the same sums, in another order).
+
+    Why: TensorFlow's CPU Conv2DBackpropInput takes 20-70x a forward convolution of the same size
+    at 2x2-3x3 spatial size and 256-512 channels (ResNet block group 4 at 64-96 px input, measured
+    with TF 2.21), most of a ResNet-18 training step at those sizes; the forward kernel has no such
+    cliff (docs/performance.md). The kernel gradient is TensorFlow's own.
+    """
+    outputs = tf.nn.conv2d(inputs, kernel, 1, 'SAME')
+
+    def grad(upstream):
+        flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+        d_inputs = tf.nn.conv2d(upstream, flipped, 1, 'SAME')
+        d_kernel = tf.compat.v1.nn.conv2d_backprop_filter(inputs, tf.shape(kernel), upstream,
+                                                          [1, 1, 1, 1], 'SAME')
+        return d_inputs, d_kernel
+
+    return outputs, grad
+
+
 class Conv2dFixedPadding(tf_keras.layers.Layer):
-    """Bias-free conv: SAME padding at stride 1, explicit fixed padding + VALID when strided."""
+    """Bias-free conv: SAME padding at stride 1, explicit fixed padding + VALID when strided.
+
+    Stride-1 convolutions run through `same_conv_stride1` on the Keras layer's own kernel (same
+    variable and checkpoint path, faster backward pass on CPU)."""
 
     def __init__(self, filters: int, kernel_size: int, strides: int, **kwargs):
         super().__init__(**kwargs)
@@ -120,7 +146,10 @@ class Conv2dFixedPadding(tf_keras.layers.Layer):
     def call(self, inputs, training=None):
         if self.fixed_padding is not None:
             inputs = self.fixed_padding(inputs)
-        return self.conv2d(inputs)
+            return self.conv2d(inputs)
+        if not self.conv2d.built:
+            self.conv2d.build(inputs.shape)
+        return same_conv_stride1(inputs, tf.cast(self.conv2d.kernel, inputs.dtype))
 
 
 class IdentityLayer(tf_keras.layers.Layer):

@@ -71,6 +71,32 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                              and 'chief' not in resolver.cluster_spec().as_dict())
 
 
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """Whether `strategy` spans several worker processes (MultiWorkerMirroredStrategy with a cluster)."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return False
+    tasks = resolver.cluster_spec().as_dict()
+    return len(tasks.get('chief', [])) + len(tasks.get('worker', [])) > 1
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Waits until every worker of a multi-worker run gets here (an all-reduce); no-op otherwise."""
+    if is_multi_worker(strategy):
+        strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def private_dir(purpose: str) -> str:
+    """A fresh local directory for what a non-chief worker must write but nobody keeps (its
+    checkpoint and export copies; they are collective operations, so every worker writes them)."""
+    return tempfile.mkdtemp(prefix=f'simclr_mura_worker_{purpose}_')
+
+
+def remove_private_dir(path: Optional[str]) -> None:
+    if path and tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+
+
 def configure_runtime(config: Config) -> None:
     """Seeds, op determinism and the Keras mixed-precision policy (process-wide settings)."""
     if config.seed is not None:
@@ -79,6 +105,19 @@ def configure_runtime(config: Config) -> None:
         tf.config.experimental.enable_op_determinism()
     policy = 'float32' if config.mixed_precision == 'none' else config.mixed_precision
     tf_keras.mixed_precision.set_global_policy(policy)
+
+
+# Folded into every blur seed: the data pipeline seeds example k with (seed, k) (data.py), so blur
+# seeds (seed, step) would tie example k's flip and crop to step k's blur sigma and selector.
+BLUR_SEED_STREAM = 1
+
+
+def blur_seed(seed: int, step, num_replicas: int, replica_id) -> tf.Tensor:
+    """The seeded pretraining blur's [2] int64 seed for one replica's step: (seed, step x replicas
+    + replica id) with `BLUR_SEED_STREAM` folded in, a stream apart from the data's seeds."""
+    counter = (tf.cast(step, tf.int64) * num_replicas + tf.cast(replica_id, tf.int64))
+    return tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(seed, tf.int64), counter]), tf.constant(BLUR_SEED_STREAM, tf.int64))
 
 
 def _make_compute_step(recipe: recipes.Recipe, model, optimizer, strategy, jit_compile: bool):
@@ -138,14 +177,12 @@ class Trainer:
         self._reported_unused = False
 
     def _blur_seed(self, step):
-        """With --seed and a recipe that blurs (SimCLR pretraining), the blur's seed: (seed, step x
-        replicas + replica id), so a resumed run blurs as the uninterrupted one; None (drawn
-        statefully) otherwise."""
+        """With --seed and a recipe that blurs (SimCLR pretraining), the blur's seed (`blur_seed`), so a
+        resumed run blurs as the uninterrupted one; None (drawn statefully) otherwise."""
         if self.config.seed is None or not self.recipe.uses_blur_seed:
             return None
-        replica_id = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
-        return tf.stack([tf.constant(self.config.seed, tf.int64),
-                         tf.cast(step, tf.int64) * self.strategy.num_replicas_in_sync + replica_id])
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return blur_seed(self.config.seed, step, self.strategy.num_replicas_in_sync, replica_id)
 
     def _single_step(self, images, targets, record_step):
         step = self.optimizer.iterations + 1
@@ -261,9 +298,6 @@ def _format_seconds(seconds: float) -> str:
     return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
 
 
-def _checkpoint_dir(config: Config, chief: bool) -> str:
-    # Non-chief workers of a multi-worker run must save too (collectives), but somewhere private.
-    return config.model_dir if chief else tempfile.mkdtemp(prefix='simclr_mura_worker_')
 
 
 def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
@@ -283,23 +317,38 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
     steps_per_loop = schedule.get_checkpoint_steps(config.checkpoint_steps, config.checkpoint_epochs,
                                                    epoch_steps)
     chief = is_chief(strategy)
+    # Non-chief workers of a multi-worker run save too (a save is collective), but into a private
+    # directory removed at the end; every worker resumes from the chief's newest checkpoint.
+    save_dir = config.model_dir if chief else private_dir('checkpoints')
+    try:
+        return _train(config, recipe, builder, strategy, model, num_train_examples, class_weights,
+                      chief, save_dir, train_steps, epoch_steps, steps_per_loop)
+    finally:
+        if not chief:
+            remove_private_dir(save_dir)
+
+
+def _train(config: Config, recipe: recipes.Recipe, builder, strategy, model, num_train_examples,
+           class_weights, chief, save_dir, train_steps, epoch_steps, steps_per_loop) -> int:
     with strategy.scope():
         lr_schedule = recipe.learning_rate(num_train_examples)
         optimizer = recipe.optimizer(lr_schedule)
         extras = recipe.checkpoint_extras() or None
         checkpoint, manager = checkpoints.make_manager(
-            model, optimizer, _checkpoint_dir(config, chief), config.keep_checkpoint_max, extra=extras)
+            model, optimizer, save_dir, config.keep_checkpoint_max, extra=extras)
         latest = manager.latest_checkpoint
         if latest and chief and checkpoints.set_aside_damaged(config.model_dir) != latest:
             # The newest checkpoint did not read back; start over from the newest one that does.
             checkpoint, manager = checkpoints.make_manager(
                 model, optimizer, config.model_dir, config.keep_checkpoint_max, extra=extras)
-            latest = manager.latest_checkpoint
+        barrier(strategy)  # The others read model_dir once the chief has set damaged ones aside.
+        latest = (tf.train.latest_checkpoint(config.model_dir)
+                  if tf.io.gfile.isdir(config.model_dir) else None)
         if latest:
             # A clear message instead of a restore-time shape error when the flags changed.
             checkpoints.check_compatible(model, latest, recipe.architecture(),
                                          label='checkpoint in --model_dir')
-            checkpoints.resume(checkpoint, manager)
+            checkpoint.restore(latest).expect_partial()
             logging.info('Resuming from checkpoint %s at step %d (train_steps %d).', latest,
                          int(optimizer.iterations.numpy()), train_steps)
         else:
@@ -323,4 +372,6 @@ def train(config: Config, builder, strategy: tf.distribute.Strategy, model, *,
     hook = recipe.epoch_hook(model, builder, strategy, class_weights)
     trainer = Trainer(config, strategy, model, optimizer, lr_schedule, train_steps, steps_per_loop,
                       epoch_steps=max(epoch_steps, 1), end_of_epoch=hook, recipe=recipe)
-    return trainer.run(iterator, manager, writer, chief)
+    final_step = trainer.run(iterator, manager, writer, chief)
+    barrier(strategy)  # The chief's last checkpoint is written before anyone looks for it.
+    return final_step

@@ -21,7 +21,7 @@ from simclr_mura import recipes
 from simclr_mura import train
 from simclr_mura.config import Config, ConfigError
 
-SIZE = 32
+SIZE = tiny_runs.BASELINE_SIZE
 
 
 def _sigmoid(x):
@@ -227,7 +227,7 @@ def test_class_weights_are_applied_per_example_by_body_part():
 
 # ----------------------------------------------------------------------------- end to end
 
-STEPS_FIRST, STEPS_TOTAL = 4, 7
+STEPS_FIRST, STEPS_TOTAL = tiny_runs.BASELINE_STEPS_FIRST, tiny_runs.BASELINE_STEPS_TOTAL
 EPOCH_STEPS = 3  # train_1pct has 6 images, batch 2.
 
 
@@ -252,21 +252,7 @@ def _scalars(model_dir):
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     """A baseline run killed after 4 steps (mode=train) and resumed to 7 (train_then_eval)."""
-    base = tmp_path_factory.getbasetemp()
-    data_dir = tiny_mura.build(str(base / 'tiny_mura'))
-    model_dir = str(base / 'baseline')
-    config = tiny_runs.base_config(
-        data_dir, model_dir, mode='train', train_mode='baseline', optimizer='adam', learning_rate=1e-3,
-        weight_decay=0.0, image_size=SIZE, train_batch_size=2, eval_batch_size=4,
-        train_split='train_1pct', eval_split='test', train_steps=STEPS_FIRST, checkpoint_steps=2,
-        keep_checkpoint_max=10, baseline_weights='none', baseline_rotation_degrees=10,
-        baseline_plateau_decay=True)
-    first = main.run(config, strategy=tiny_runs.strategy(1))
-    after_first = _steps(model_dir)
-    second = main.run(config.replace(mode='train_then_eval', train_steps=STEPS_TOTAL),
-                      strategy=tiny_runs.strategy(1))
-    return dict(base=str(base), data_dir=data_dir, model_dir=model_dir, first=first, second=second,
-                after_first=after_first)
+    return tiny_runs.baseline_runs(str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.mark.slow

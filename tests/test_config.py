@@ -94,6 +94,19 @@ def test_other_combinations():
     validate(_ok(image_size=32, mode='train'))
     assert '--ft_proj_selector=4 must be in -4..3' in _message(_ok(ft_proj_selector=4))
     assert 'but --use_tpu=False' in _message(_ok(tpu_name='my-tpu'))
+
+
+def test_tpu_needs_cloud_storage():
+    message = _message(_ok(use_tpu=True, data_dir='/data/tfds'))
+    assert message.splitlines() == [
+        '--use_tpu needs --data_dir on cloud storage (gs://bucket/...): TPU hosts read and write only '
+        'cloud storage, got --data_dir=/data/tfds',
+        '--use_tpu needs --model_dir on cloud storage (gs://bucket/...): TPU hosts read and write only '
+        'cloud storage, got --model_dir=runs/x']
+    assert 'got --data_dir unset' in _message(Config(use_tpu=True, model_dir='gs://b/run'))
+    assert '--model_dir=file:///runs' in _message(
+        Config(use_tpu=True, model_dir='file:///runs', data_dir='gs://b/tfds'))
+    validate(Config(use_tpu=True, model_dir='gs://b/run', data_dir='gs://b/tfds'))
     assert '--class_weighting=mura weights' in _message(
         _ok(class_weighting='mura', lineareval_while_pretraining=False))
 
@@ -160,3 +173,12 @@ def test_to_dict_and_replace():
     assert d['resnet_depth'] == 50 and d['model_dir'] == 'runs/x'
     assert c.replace(resnet_depth=18).resnet_depth == 18 and c.resnet_depth == 50
     assert c.has_supervised_head and not c.replace(lineareval_while_pretraining=False).has_supervised_head
+
+
+def test_crop_min_area_range():
+    validate(_ok(crop_min_area=0.5))
+    validate(_ok(crop_min_area=1.0))
+    for bad in (0.0, -0.1, 1.5):
+        message = _message(_ok(crop_min_area=bad))
+        assert message == (f'--crop_min_area={bad} must be in (0, 1]: the smallest share of the '
+                           'image a training crop keeps (the original uses 0.08)')

@@ -105,7 +105,7 @@ def test_mura_class_weights(builder):
 
 
 def test_class_weights_pinned_to_the_mura_paper():
-    """MURA-v1.1 training image counts (mura_facts.md 3.3) give the paper's weights (6): the abnormal
+    """MURA-v1.1 training image counts (docs/mura.md 2.3) give the paper's weights (3): the abnormal
     class is weighted by the normal fraction. Pinned so that they can never be swapped again."""
     names = ('elbow', 'finger', 'hand', 'shoulder')
     table = pd.DataFrame({'body_part': ['elbow'] * 4931 + ['hand'] * 5543 + ['shoulder'] * 8379,
@@ -135,3 +135,84 @@ def test_deterministic_resume_skips_consumed_examples(builder):
     uninterrupted = keys(0, 5)
     assert keys(3, 2) == uninterrupted[3:]
     assert keys(0, 5) == uninterrupted  # the seeded stream is reproducible
+
+
+def _keys_of(dataset, batches):
+    return [int(k) for _, targets in dataset.take(batches) for k in targets['key'].numpy()]
+
+
+@pytest.mark.parametrize('pipelines', [2, 3])
+def test_training_pipelines_read_disjoint_parts_of_a_one_file_split(builder, pipelines):
+    # The tiny train split is one file: fewer files than pipelines, so TFDS file sharding would
+    # fail ("Cannot shard the pipeline"); each pipeline reads its own subsplit instead.
+    assert len(builder.info.splits['train'].file_instructions) == 1
+    index = data.split_index(builder, 'train')
+    input_fn = data.build_input_fn(builder, 'train', pipelines, is_training=True, is_pretrain=False,
+                                   image_size=32, deterministic=True, seed=3)
+    seen = []
+    for pipeline_id in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, pipeline_id, pipelines)
+        _, sharding, count = data.pipeline_split(builder, 'train', context, by_files_if_possible=True)
+        assert sharding == data.EXAMPLE_SHARDING
+        assert context.get_per_replica_batch_size(pipelines) == 1  # The original's batch split.
+        dataset = input_fn(context)
+        epoch = _keys_of(dataset, count)
+        assert len(set(epoch)) == count  # one epoch of this pipeline: each of its examples once
+        # The next epoch is the same examples again (reshuffled), nothing of the other pipelines.
+        assert set(_keys_of(dataset, 2 * count)[count:]) == set(epoch)
+        seen.extend(epoch)
+    # Every training example in exactly one pipeline.
+    assert sorted(seen) == sorted(index['key'].tolist())
+
+
+def test_one_pipeline_reads_the_whole_split(builder):
+    split, sharding, count = data.pipeline_split(builder, 'train', tf.distribute.InputContext(),
+                                                 by_files_if_possible=True)
+    assert (split, sharding, count) == ('train', None, 38)
+
+
+def test_eval_pipelines_shard_and_pad_to_the_same_steps(builder):
+    # 11 validation images over 3 pipelines: parts of 4, 4 and 3, each padded to 2 batches of 2.
+    index = data.split_index(builder, 'validation')
+    input_fn = data.build_input_fn(builder, 'validation', 6, is_training=False, is_pretrain=False,
+                                   image_size=64)
+    keys, steps = [], []
+    for pipeline_id in range(3):
+        batches = list(input_fn(tf.distribute.InputContext(3, pipeline_id, 3)))
+        steps.append(len(batches))
+        for images, targets in batches:
+            assert images.shape == (2, 64, 64, 1)  # full, fixed-shape batches only
+            keys.extend(int(k) for k in targets['key'].numpy())
+    assert steps == [2, 2, 2]
+    real = [k for k in keys if k != data.PADDING_KEY]
+    assert sorted(real) == sorted(index['key'].tolist()) and len(keys) - len(real) == 1
+
+
+def test_more_eval_pipelines_than_images(builder):
+    # 4 test images over 6 pipelines: two pipelines read nothing and send one padding batch.
+    input_fn = data.build_input_fn(builder, 'test', 6, is_training=False, is_pretrain=False,
+                                   image_size=64)
+    keys = []
+    for pipeline_id in range(6):
+        batches = list(input_fn(tf.distribute.InputContext(6, pipeline_id, 6)))
+        assert len(batches) == 1
+        keys.extend(int(k) for _, targets in batches for k in targets['key'].numpy())
+    assert sorted(k for k in keys if k != data.PADDING_KEY) == sorted(
+        data.split_index(builder, 'test')['key'].tolist())
+
+
+def test_fewer_training_examples_than_pipelines_is_an_error(builder):
+    input_fn = data.build_input_fn(builder, 'train_1pct', 8, is_training=True, is_pretrain=False,
+                                   image_size=64)
+    with pytest.raises(ValueError, match='fewer than the 8 input pipelines'):
+        input_fn(tf.distribute.InputContext(8, 7, 8))
+
+
+@pytest.mark.parametrize('is_training', [True, False])
+def test_batches_have_static_shapes(builder, is_training):
+    # TPUs compile for fixed shapes: the batch dimension is known before the first batch is read.
+    input_fn = data.build_input_fn(builder, 'validation', 4, is_training=is_training,
+                                   is_pretrain=False, image_size=64)
+    images, targets = input_fn(tf.distribute.InputContext(2, 1, 2)).element_spec
+    assert images.shape.as_list() == [2, 64, 64, 1]
+    assert all(spec.shape[0] == 2 for spec in targets.values())

@@ -33,6 +33,21 @@ def _random_image(shape, seed):
 
 # --------------------------------------------------------------------------- fixtures
 
+@pytest.mark.parametrize('image_shape, output_hw, expected', [
+    # The original's center_crop asks _compute_crop_shape for the output's width / height: an output
+    # as wide as the image keeps its shape; a tall output on a square image gets a tall crop.
+    ((100, 200), (32, 64), [6, 13, 88, 175]),
+    ((100, 100), (64, 32), [6, 28, 88, 44]),
+    ((100, 100), (32, 64), [28, 6, 44, 88]),
+])
+def test_center_crop_box_keeps_the_output_aspect_ratio_width_over_height(image_shape, output_hw,
+                                                                         expected):
+    box = data_util.center_crop_box(*image_shape, *output_hw, 0.875)
+    np.testing.assert_array_equal(box.numpy(), expected)
+    crop = data_util.center_crop(np.zeros(image_shape + (3,), np.float32), *output_hw, 0.875)
+    assert crop.shape == output_hw + (3,)
+
+
 @pytest.mark.parametrize('index', IMAGES)
 @pytest.mark.parametrize('size', SIZES)
 def test_center_crop_matches_official(aug, index, size):
@@ -432,6 +447,7 @@ def _views_by_seed(image, seeds, fn):
     return np.stack(list(ds.as_numpy_iterator()))
 
 
+@pytest.mark.slow  # 200 seeds per shape: minutes on 2 cores
 @pytest.mark.parametrize('shape', ((90, 70), (57, 83), (49, 129)))
 def test_grey_path_gives_the_same_views_as_rgb_input(shape):
     # 1-channel input is augmented on 1 channel and tiled at the end (data_util docstring); the
@@ -512,3 +528,25 @@ def test_interleave_grey_views_equals_concat():
         out = data_util.interleave_grey_views(views[:k])
         assert out.shape == (33, 47, k)
         np.testing.assert_array_equal(out.numpy(), tf.concat(views[:k], -1).numpy())
+
+
+def test_crop_min_area_bounds_the_crop_and_defaults_to_the_original():
+    side = 100
+
+    def areas(**kwargs):
+        boxes = [data_util.random_crop_box(tf.constant([side, side, 1]), 64, 64,
+                                           seed=tf.constant([s, 7]), **kwargs) for s in range(300)]
+        return np.array([float(h * w) / side ** 2 for _, _, h, w in boxes])
+
+    original, large = areas(), areas(area_range=(0.5, 1.0))
+    assert original.min() < 0.3 and large.min() >= 0.5 * (1 - 3 / 71)  # sides rounded to pixels
+    # The default is the original's range: the same boxes as passing (0.08, 1.0) explicitly.
+    np.testing.assert_array_equal(original, areas(area_range=(0.08, 1.0)))
+    # Through a training view: a minimum of the whole image keeps the whole (square) image.
+    image = _random_image((64, 64, 1), 9)
+    seed = tf.constant([5, 6])
+    whole = data_util.train_view(image, 64, 64, 0., seed=seed, crop_min_area=1.0)
+    uncropped = data_util.train_view(image, 64, 64, 0., crop=False, seed=seed)
+    np.testing.assert_allclose(whole.numpy(), uncropped.numpy(), atol=1e-5)
+    cropped = data_util.train_view(image, 64, 64, 0., seed=seed)
+    assert np.abs(cropped.numpy() - uncropped.numpy()).max() > 0.05

@@ -7,8 +7,8 @@ from absl import flags
 from simclr_mura import config as config_lib
 from simclr_mura import flags_def
 
-# The 48 flags of google-research/simclr tf2/run.py with their types and defaults, transcribed from
-# the behaviour specification (simclr_tf2_spec.md §2), independently of flags_def.
+# The 48 flags of google-research/simclr tf2/run.py (commit 383d414) with their types and defaults,
+# transcribed from its flag definitions, independently of flags_def.
 ORIGINAL_FLAGS = {
     'learning_rate': 0.3, 'learning_rate_scaling': 'linear', 'warmup_epochs': 10.0,
     'weight_decay': 1e-6, 'batch_norm_decay': 0.9, 'train_batch_size': 512, 'train_split': 'train',
@@ -130,7 +130,7 @@ def test_every_experiment_flagfile_parses_and_validates(flagfile):
 
 
 def _check_baseline_flagfile(flagfile, config):
-    """Seed project settings (mura_facts.md 11.4), the MURA paper's (6), or a small CPU demo."""
+    """Seed project settings (docs/mura.md 5.1), the MURA paper's (3), or a small CPU demo."""
     assert config.optimizer == 'adam' and config.eval_split == 'test'
     if flagfile.startswith('demo_'):
         assert config.baseline_weights == 'none' and config.image_size == 64

@@ -91,3 +91,51 @@ def test_cli_reports_bad_parts_in_one_line(tmp_path):
     assert errors == ['grid: error: --parts=elbow,knee: choose body parts from elbow, finger, '
                       'forearm, hand, humerus, shoulder, wrist']
     assert not (tmp_path / 'm').exists()
+
+
+def test_cpu_preset_has_probe_seeds_and_random_init_rows(tmp_path):
+    runs = grid.plan(['elbow'], 'cpu', 'DATA', 'ROOT')
+    names = [r.name for r in runs]
+    seeds = len(grid.SEEDS)
+    assert names[:2] == ['pretrain_elbow', 'probe_elbow']
+    assert len(runs) == 2 + seeds + 3 * 2 * seeds + 3
+    pretrain = os.path.join('ROOT', 'pretrain_elbow')
+    probe = runs[1]
+    assert probe.module == 'simclr_mura.probe' and probe.result_file == 'probe.json'
+    assert _flag(probe, 'checkpoint') == pretrain and _flag(probe, 'out') == os.path.join('ROOT', 'probe_elbow')
+    assert probe.command('py')[:3] == ['py', '-m', 'simclr_mura.probe']
+    for percent in (1, 10, 100):
+        for seed in grid.SEEDS:
+            tuned = runs[names.index(f'finetune_{percent}pct_elbow_seed{seed}')]
+            scratch = runs[names.index(f'randominit_{percent}pct_elbow_seed{seed}')]
+            # The ablation row is the same recipe (flagfile) without the pretrained weights.
+            assert tuned.flagfile == scratch.flagfile
+            assert _flag(tuned, 'checkpoint') == pretrain and _flag(scratch, 'checkpoint') is None
+            assert '--allow_random_init' in scratch.overrides
+            assert _flag(tuned, 'seed') == _flag(scratch, 'seed') == str(seed)
+    for run in runs:
+        assert run.flagfile is None or os.path.isfile(run.flagfile)
+        if run.flagfile:
+            assert _flag(run, 'dataset') == 'mura/elbow' and _flag(run, 'eval_split') == 'test'
+    # A probe is finished when its probe.json exists.
+    (tmp_path / 'probe_elbow').mkdir()
+    assert grid.status(runs[1], str(tmp_path)) == 'new'
+    (tmp_path / 'probe_elbow' / 'probe.json').write_text('{}')
+    assert grid.status(runs[1], str(tmp_path)) == 'done'
+
+
+def test_cpu_preset_flagfiles_are_valid_run_settings():
+    """Every cpu flagfile, with the grid's overrides, parses into a Config that validates."""
+    from absl import flags
+    from simclr_mura import config as config_lib
+    from simclr_mura import flags_def
+    for run in grid.plan(['elbow'], 'cpu', 'DATA', 'ROOT'):
+        if run.flagfile is None:
+            continue
+        flag_values = flags.FlagValues()
+        flags_def.define_flags(flag_values)
+        flag_values(['run.py', *run.command('python')[2:]])
+        config = flags_def.config_from_flags(flag_values)
+        config_lib.validate(config, available_splits=['train', 'validation', 'test', 'train_10pct',
+                                                      'train_1pct'], num_replicas=1)
+        assert config.image_size == 96 and config.model_dir == os.path.join('ROOT', run.name)

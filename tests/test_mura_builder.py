@@ -41,8 +41,9 @@ def _build(manual_dir, data_dir, config='all', **builder_kwargs):
 
 
 def _examples(builder, split):
-    """All examples of a split, with the stored image bytes undecoded."""
-    ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    """All examples of a split in file order (one file after the other), image bytes undecoded."""
+    ds = builder.as_dataset(split=split, decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=tfds.ReadConfig(interleave_cycle_length=1))
     return list(tfds.as_numpy(ds))
 
 
@@ -226,8 +227,8 @@ def test_gray_pngs_pass_through_and_rgb_is_converted(tree, built):
 
 
 def test_examples_are_written_in_the_builders_fixed_shuffle(tree, built):
-    # 1.1.0 writes each split shard by shard in `example_order` (no TFDS shuffler), with the
-    # shard count TFDS's ShardConfig gives for the split's size; converted images hold exactly
+    # Since 1.1.0 each split is written shard by shard in `example_order` (no TFDS shuffler), with
+    # the shard count of `number_of_shards`; converted images hold exactly
     # the bytes of one `decode_to_gray_png`, as in 1.0.0.
     _, summary = tree
     builder, examples = built
@@ -423,3 +424,17 @@ def test_build_cli_bad_input_prints_one_error_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'aimi.stanford.edu' in errors[0]
     assert not (tmp_path / 'data' / 'mura').exists()
+
+
+def test_enough_shards_for_file_sharding_on_common_host_counts():
+    shards = mura_dataset_builder.number_of_shards
+    small = 10_000  # bytes: TFDS alone would write one shard
+    assert [shards(small, n) for n in (1, 38, 63, 64, 127, 128, 1023, 1024, 40_000)] == [
+        1, 1, 1, 2, 2, 4, 16, 32, 32]
+    # Large splits keep TFDS's size-based count when it is higher.
+    assert shards(200 * 2**30, 40_000) == 1024
+    # Cut into equal example counts (+-1).
+    records = [_Record(f'k{i}') for i in range(1000)]
+    cut = mura_dataset_builder.shard_records('train', records, {r.key: 100 for r in records})
+    assert len(cut) == 16 and {len(shard) for shard in cut} <= {62, 63}
+    assert sorted(r.key for shard in cut for r in shard) == sorted(r.key for r in records)

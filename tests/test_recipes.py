@@ -74,6 +74,15 @@ def test_simclr_pretraining_pieces():
     assert float(stats['train/total_loss']) == float(loss)
 
 
+def test_crop_min_area_reaches_the_simclr_training_input():
+    # The original's 0.08 by default, in the Config and in the recipe's input settings alike.
+    assert Config().crop_min_area == base.TrainInput(is_pretrain=True).crop_min_area == 0.08
+    for mode in ('pretrain', 'finetune'):
+        recipe = recipes.for_config(_tiny(train_mode=mode, crop_min_area=0.3))
+        assert recipe.train_input().crop_min_area == 0.3
+        assert recipe.train_input().as_kwargs()['crop_min_area'] == 0.3
+
+
 def test_simclr_finetuning_pieces():
     recipe = recipes.for_config(_tiny(train_mode='finetune', optimizer='momentum'))
     assert not recipe.uses_blur_seed

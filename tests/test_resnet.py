@@ -268,3 +268,24 @@ def test_global_bn_uses_statistics_of_the_whole_global_batch(global_bn):
     np.testing.assert_allclose(layer.bn.moving_variance.numpy(), expected_var, rtol=1e-4)
     np.testing.assert_allclose(layer.bn.moving_mean.numpy(), 0.1 * everything.mean(0), rtol=1e-4)
     np.testing.assert_allclose(out0, expected_out0, atol=1e-4)
+
+
+@pytest.mark.parametrize('shape,kernel_size', [((4, 2, 2, 16), 3), ((2, 5, 7, 8), 3), ((2, 6, 6, 4), 1),
+                                               ((2, 9, 9, 3), 7)])
+def test_same_conv_stride1_equals_tensorflows_conv_and_gradients(shape, kernel_size):
+    rng = np.random.default_rng(0)
+    inputs = tf.constant(rng.normal(size=shape), tf.float32)
+    kernel = tf.constant(rng.normal(size=(kernel_size, kernel_size, shape[-1], 5)), tf.float32)
+    upstream = tf.constant(rng.normal(size=shape[:3] + (5,)), tf.float32)
+
+    def value_and_grads(conv):
+        with tf.GradientTape() as tape:
+            tape.watch([inputs, kernel])
+            out = conv(inputs, kernel)
+            loss = tf.reduce_sum(out * upstream)
+        return [out, *tape.gradient(loss, [inputs, kernel])]
+
+    ours = value_and_grads(resnet.same_conv_stride1)
+    reference = value_and_grads(lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'))
+    for a, b in zip(ours, reference):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-4)

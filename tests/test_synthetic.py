@@ -11,7 +11,7 @@ import pytest
 from tfds_mura import synthetic
 from tfds_mura import synthetic_images
 
-# mura_facts.md section 3.3 (train normal, train abnormal, valid normal, valid abnormal).
+# docs/mura.md section 2.3 (train normal, train abnormal, valid normal, valid abnormal).
 REAL_IMAGES = {
     'elbow': (2925, 2006, 235, 230), 'finger': (3138, 1968, 214, 247), 'forearm': (1164, 661, 150, 151),
     'hand': (4059, 1484, 271, 189), 'humerus': (673, 599, 148, 140), 'shoulder': (4211, 4168, 285, 278),

@@ -85,6 +85,7 @@ def test_default_strategy_is_mirrored_over_the_local_devices():
     assert not isinstance(single, tf.distribute.MirroredStrategy)
 
 
+@pytest.mark.slow
 def test_jit_compile_and_mixed_precision_train(data_dir, tmp_path):
     config = tiny_runs.base_config(data_dir, str(tmp_path / 'xla'), train_steps=1, jit_compile=True,
                                    mixed_precision='mixed_bfloat16', use_blur=False)
@@ -99,3 +100,22 @@ def test_jit_compile_is_refused_under_mirrored_strategy(data_dir, tmp_path):
     config = tiny_runs.base_config(data_dir, str(tmp_path / 'xla2'), train_steps=1, jit_compile=True)
     with pytest.raises(ConfigError, match='--jit_compile cannot run under MirroredStrategy'):
         main.run(config, strategy=tiny_runs.strategy(1))
+
+
+def test_seeded_blur_draws_from_a_stream_apart_from_the_data_seeds():
+    """Example k of the seeded input gets (seed, k) (data._with_position_seeds); the blur of step k
+    must not get the same seed, or example k's flip and crop would be tied to step k's blur."""
+    from simclr_mura import data
+    context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0,
+                                         num_replicas_in_sync=1)
+    positions = data._with_position_seeds(tf.data.Dataset.range(64), 7, context)
+    data_seeds = {tuple(seed.numpy()) for _, seed in positions}
+    assert (7, 5) in data_seeds and len(data_seeds) == 64
+    for replicas in (1, 2):
+        blur_seeds = [tuple(train.blur_seed(7, step, replicas, r).numpy())
+                      for step in range(32) for r in range(replicas)]
+        assert len(set(blur_seeds)) == len(blur_seeds)  # one seed per replica step
+        assert not data_seeds & set(blur_seeds)
+        # Still a function of (seed, step, replica): a resumed run blurs as the uninterrupted one.
+        assert tuple(train.blur_seed(7, 3, replicas, 0).numpy()) == blur_seeds[3 * replicas]
+    assert tuple(train.blur_seed(8, 3, 1, 0).numpy()) != tuple(train.blur_seed(7, 3, 1, 0).numpy())

@@ -25,7 +25,7 @@ from tfds_mura import synthetic_images
 from tfds_mura.mura.mura_source import PARTS
 
 
-# Real MURA-v1.1 image counts (mura_facts.md section 3.3): part -> (train normal,
+# Real MURA-v1.1 image counts (docs/mura.md section 2.3): part -> (train normal,
 # train abnormal, valid normal, valid abnormal).
 IMAGE_COUNTS = {
     'elbow': (2925, 2006, 235, 230), 'finger': (3138, 1968, 214, 247),
@@ -33,7 +33,7 @@ IMAGE_COUNTS = {
     'humerus': (673, 599, 148, 140), 'shoulder': (4211, 4168, 285, 278),
     'wrist': (5765, 3987, 364, 295),
 }
-# Real study counts (paper Table 1, mura_facts.md section 3.2), same column order.
+# Real study counts (paper Table 1, docs/mura.md section 2.2), same column order.
 STUDY_COUNTS = {
     'elbow': (1094, 660, 92, 66), 'finger': (1280, 655, 92, 83), 'forearm': (590, 287, 69, 64),
     'hand': (1497, 521, 101, 66), 'humerus': (321, 271, 68, 67), 'shoulder': (1364, 1457, 99, 95),

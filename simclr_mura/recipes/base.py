@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from simclr_mura import data_util
 from simclr_mura import model as model_lib
 from simclr_mura.config import Config
 
@@ -33,6 +34,8 @@ class TrainInput:
     is_pretrain: bool  # Two augmented views per example (contrastive pretraining), else one.
     color_jitter_strength: float = 0.
     preprocess_fn: Optional[PreprocessFn] = None  # None: SimCLR's own view preprocessing.
+    # The SimCLR random crop's smallest share of the image (--crop_min_area; the original's 0.08).
+    crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA
 
     def as_kwargs(self) -> Dict[str, object]:
         return dataclasses.asdict(self)

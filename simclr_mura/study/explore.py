@@ -76,7 +76,7 @@ def image_table(data_dir: str, datasets: List[str]) -> pd.DataFrame:
 
 def counts_table(images: pd.DataFrame) -> pd.DataFrame:
     """Per part x split: normal/abnormal images and studies, and the imbalance ratio (abnormal /
-    normal images, as ilias-ant and mura_facts.md report it)."""
+    normal images, as ilias-ant reports it; docs/mura.md 2.3)."""
     out = []
     for (part, split), group in images.groupby(['body_part', 'split'], sort=True):
         studies = group.drop_duplicates('study_id')

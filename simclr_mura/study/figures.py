@@ -21,8 +21,9 @@ from simclr_mura import metrics as metrics_lib  # noqa: E402
 BASELINE = 'DenseNet-169 baseline'
 FINETUNE = 'SimCLR fine-tune'
 LINEAR = 'SimCLR linear eval'
+RANDOM_INIT = 'Random-init fine-tune'
 METHOD_STYLE = {BASELINE: ('tab:orange', '--', 's'), FINETUNE: ('tab:blue', '-', 'o'),
-                LINEAR: ('tab:green', ':', '^')}
+                LINEAR: ('tab:green', ':', '^'), RANDOM_INIT: ('tab:red', '-.', 'v')}
 DEFAULT_STYLE = ('tab:gray', '-.', 'x')
 
 
@@ -110,14 +111,19 @@ def confusion_matrices(matrices: Sequence[Tuple[str, np.ndarray]], part: str, pa
 def training_curves(series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]], part: str,
                     path: str) -> str:
     """Loss, accuracy and learning rate against the step; `series`: run -> kind -> (steps, values)
-    with kind in 'loss', 'accuracy', 'learning rate'."""
+    with kind in 'loss', 'accuracy', 'learning rate', and optionally 'loss chance' / 'accuracy
+    chance' (a pretraining run's contrastive chance levels, drawn dashed in the run's colour)."""
     kinds = ('loss', 'accuracy', 'learning rate')
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for ax, kind in zip(axes, kinds):
         for run, values in series.items():
             if kind in values:
                 steps, found = values[kind]
-                ax.plot(steps, found, marker='.', label=run)
+                line, = ax.plot(steps, found, marker='.', label=run)
+                if f'{kind} chance' in values:
+                    chance_steps, chance = values[f'{kind} chance']
+                    ax.plot(chance_steps, chance, linestyle='--', color=line.get_color(),
+                            label=f'{run}: chance level')
         ax.set_xlabel('training step')
         ax.set_ylabel(kind)
         lines = [line.get_ydata() for line in ax.get_lines()]
@@ -127,8 +133,8 @@ def training_curves(series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
             ax.set_yscale('log')  # Pretraining's contrastive loss dwarfs the classifiers' otherwise.
         ax.set_title(kind)
         ax.grid(alpha=0.3)
-    axes[0].set_title('loss (contrastive + head for pretraining)')
-    axes[1].set_title('training accuracy (contrastive for pretraining)')
+    axes[0].set_title('loss (contrastive for pretraining; dashed: chance)')
+    axes[1].set_title('training accuracy (contrastive for pretraining; dashed: chance)')
     handles, labels = axes[0].get_legend_handles_labels()
     fig.suptitle(f'Training curves, {part} (from the runs\' TensorBoard summaries)')
     fig.tight_layout()

@@ -7,9 +7,14 @@ read `<data_dir>` and evaluate on the test split.
 
 Presets: `gpu` uses the per-part flagfiles (the seed's and the paper's settings; the baseline's
 flagfile with the label fraction's training split); `demo` uses the small `demo_*` flagfiles,
-small enough for a CPU.
+small enough for a CPU. `cpu` is the learning study of docs/learning.md on a 2-core CPU: the
+`cpu_*` flagfiles, and after pretraining the frozen-feature probe (`simclr_mura.probe`, against
+random encoders), linear evaluation, fine-tuning and the same fine-tuning from a random
+initialisation (`--allow_random_init`, which isolates what pretraining contributes) at 1/10/100%,
+each with the seeds of `SEEDS`, then the baseline at 1/10/100% once.
 
-A run whose model_dir holds `result.json` is finished and skipped (run.py writes it only after
+A run whose model_dir holds its result file (`result.json`; the probe's `probe.json`) is finished
+and skipped (run.py writes it only after
 training and evaluation are done); an unfinished one is started again with the same model_dir,
 where run.py resumes from its newest checkpoint. So an interrupted grid continues where it
 stopped. The grid stops at the first failing run (later runs may depend on it).
@@ -28,7 +33,8 @@ from absl import flags
 from simclr_mura.study import run_files
 from tfds_mura.mura.mura_source import PARTS
 
-PRESETS = ('demo', 'gpu')
+PRESETS = ('demo', 'cpu', 'gpu')
+SEEDS = (0, 1, 2)  # The cpu preset's seeds for probe, linear evaluation and fine-tuning rows.
 FRACTIONS = ((1, 'train_1pct'), (10, 'train_10pct'), (100, 'train'))
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS_DIR = os.path.join(REPO_ROOT, 'flags')
@@ -36,12 +42,17 @@ FLAGS_DIR = os.path.join(REPO_ROOT, 'flags')
 
 @dataclasses.dataclass(frozen=True)
 class GridRun:
-    """One run of the grid: its directory name, flagfile and overrides."""
+    """One run of the grid: its directory name, flagfile and overrides (a `run.py` run), or a
+    module run with `python -m` (the probe) and the file that marks it finished."""
     name: str
-    flagfile: str
+    flagfile: Optional[str]
     overrides: Tuple[str, ...]
+    module: Optional[str] = None
+    result_file: str = run_files.RESULT
 
     def command(self, python: str = sys.executable) -> List[str]:
+        if self.module:
+            return [python, '-m', self.module, *self.overrides]
         return [python, os.path.join(REPO_ROOT, 'run.py'), f'--flagfile={self.flagfile}',
                 *self.overrides]
 
@@ -77,6 +88,34 @@ def _part_runs(part: str, preset: str, data_dir: str, model_root: str) -> List[G
     return runs
 
 
+def _cpu_part_runs(part: str, data_dir: str, model_root: str) -> List[GridRun]:
+    """The cpu preset's runs of one part (module docstring), pretraining first."""
+    def run(name, flagfile, *extra):
+        overrides = (f'--data_dir={data_dir}', f'--model_dir={os.path.join(model_root, name)}',
+                     '--eval_split=test', f'--dataset=mura/{part}', *extra)
+        return GridRun(name, _flagfile(flagfile), overrides)
+
+    pretrain_dir = os.path.join(model_root, f'pretrain_{part}')
+    runs = [run(f'pretrain_{part}', 'cpu_pretrain')]
+    runs.append(GridRun(f'probe_{part}', None, (
+        f'--checkpoint={pretrain_dir}', f'--data_dir={data_dir}', f'--dataset=mura/{part}',
+        '--eval_split=test', f'--seeds={",".join(map(str, SEEDS))}',
+        f'--out={os.path.join(model_root, f"probe_{part}")}'),
+        module='simclr_mura.probe', result_file=run_files.PROBE))
+    for seed in SEEDS:
+        runs.append(run(f'lineareval_{part}_seed{seed}', 'cpu_lineareval', f'--seed={seed}',
+                        f'--checkpoint={pretrain_dir}'))
+    for percent, _ in FRACTIONS:
+        for seed in SEEDS:
+            runs.append(run(f'finetune_{percent}pct_{part}_seed{seed}', f'cpu_finetune_{percent}pct',
+                            f'--seed={seed}', f'--checkpoint={pretrain_dir}'))
+            runs.append(run(f'randominit_{percent}pct_{part}_seed{seed}', f'cpu_finetune_{percent}pct',
+                            f'--seed={seed}', '--allow_random_init'))
+    for percent, _ in FRACTIONS:
+        runs.append(run(f'baseline_{percent}pct_{part}', f'cpu_baseline_{percent}pct'))
+    return runs
+
+
 def plan(parts: Sequence[str], preset: str, data_dir: str, model_root: str) -> List[GridRun]:
     """Every run of the grid in execution order.
 
@@ -88,8 +127,10 @@ def plan(parts: Sequence[str], preset: str, data_dir: str, model_root: str) -> L
     unknown = [p for p in parts if p not in PARTS]
     if unknown or not parts:
         raise ValueError(f'--parts={",".join(parts)}: choose body parts from {", ".join(PARTS)}')
-    runs = [r for part in parts for r in _part_runs(part, preset, data_dir, model_root)]
-    missing = [r.flagfile for r in runs if not os.path.exists(r.flagfile)]
+    runs = [r for part in parts for r in (
+        _cpu_part_runs(part, data_dir, model_root) if preset == 'cpu'
+        else _part_runs(part, preset, data_dir, model_root))]
+    missing = [r.flagfile for r in runs if r.flagfile and not os.path.exists(r.flagfile)]
     if missing:
         raise ValueError(f'no flagfile {missing[0]} ({len(set(missing))} flagfile(s) of preset {preset} '
                          'missing for these parts); write them or pick other --parts')
@@ -97,9 +138,9 @@ def plan(parts: Sequence[str], preset: str, data_dir: str, model_root: str) -> L
 
 
 def status(run: GridRun, model_root: str) -> str:
-    """'done' (result.json written), 'resume' (checkpoints but no result) or 'new'."""
+    """'done' (its result file written), 'resume' (checkpoints but no result) or 'new'."""
     model_dir = os.path.join(model_root, run.name)
-    if tf.io.gfile.exists(os.path.join(model_dir, run_files.RESULT)):
+    if tf.io.gfile.exists(os.path.join(model_dir, run.result_file)):
         return 'done'
     if tf.io.gfile.isdir(model_dir) and tf.train.latest_checkpoint(model_dir):
         return 'resume'
@@ -146,7 +187,8 @@ def main(argv) -> Optional[int]:
 
 if __name__ == '__main__':
     flags.DEFINE_string('parts', 'elbow,hand,shoulder', 'Comma-separated body parts.')
-    flags.DEFINE_enum('preset', 'gpu', PRESETS, 'demo: small CPU runs; gpu: the per-part flagfiles.')
+    flags.DEFINE_enum('preset', 'gpu', PRESETS, 'demo: small CPU runs; cpu: the learning study '
+                      '(probe, random-init rows, 3 seeds) on a CPU; gpu: the per-part flagfiles.')
     flags.DEFINE_string('data_dir', None, 'TFDS data_dir holding the built mura dataset.')
     flags.DEFINE_string('model_root', None, 'Each run writes <model_root>/<run name>.')
     flags.DEFINE_bool('dry_run', False, 'Only list the runs and their state.')

@@ -79,7 +79,8 @@ def results_section(tables: Dict[str, List[List[str]]], notes: str, figures: Seq
         parts.append(f'<p class="missing">No finished runs (no {run_files.RESULT} below the model '
                      'root).</p>')
     for level, rows in tables.items():
-        parts.append(f'<h3>{html.escape(level.capitalize())} level</h3>{table_html(rows)}')
+        title = f'{level.capitalize()} level' if level in ('study', 'image') else level
+        parts.append(f'<h3>{html.escape(title)}</h3>{table_html(rows)}')
     parts.append(f'<p class="note">{html.escape(notes)} Also as <a href="results.csv">results.csv</a> '
                  'and <a href="results.md">results.md</a>.</p>')
     parts += [figure_html(f, out_dir) for f in figures]

@@ -34,15 +34,16 @@ from simclr_mura.study import run_files
 
 BASELINE_NAME = figures.BASELINE
 PRETRAIN_NAME = 'SimCLR pretrain (linear-eval head)'
-_METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, figures.LINEAR, PRETRAIN_NAME)
+_METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, figures.RANDOM_INIT, figures.LINEAR, PRETRAIN_NAME)
 LEVELS = ('study', 'image')
+PROBE_FILE = run_files.PROBE  # Written by simclr_mura.probe.
 METRICS = (('acc', 'accuracy'), ('precision', 'precision'), ('recall', 'recall'), ('F1', 'f1'),
            ('AUROC', 'auroc'), ('kappa', 'kappa'))
 LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
-# The MURA paper's DenseNet-169 kappa on its test set (final version; mura_facts.md section 7).
+# The MURA paper's DenseNet-169 kappa on its test set (final version; docs/mura.md section 4).
 PAPER_KAPPA = {'elbow': 0.710, 'finger': 0.389, 'forearm': 0.737, 'hand': 0.851, 'humerus': 0.600,
                'shoulder': 0.729, 'wrist': 0.931, 'all': 0.705}
-# The seed report's Table 4 (mura_facts.md 11.6): (part, method, label %) -> (acc, prec, recall).
+# The seed report's Table 4 (docs/mura.md 5.3): (part, method, label %) -> (acc, prec, recall).
 # Its baseline was study-level at 128 px on all labels; its "Finetune" rows were linear evaluation
 # (frozen backbone) per image at 224 px, so they are shown next to both SimCLR rows of that fraction.
 _SEED_BASELINE = {'elbow': (0.822, 0.506, 0.333), 'hand': (0.784, 0.479, 0.225),
@@ -73,7 +74,10 @@ def method_name(settings: Dict) -> str:
     if settings.get('train_mode') == 'pretrain':
         return PRETRAIN_NAME
     if settings.get('train_mode') == 'finetune':
-        return figures.LINEAR if settings.get('fine_tune_after_block') == 4 else figures.FINETUNE
+        if settings.get('fine_tune_after_block') == 4:
+            return figures.LINEAR
+        # --allow_random_init without --checkpoint: the fine-tuning recipe with nothing pretrained.
+        return figures.FINETUNE if settings.get('checkpoint') else figures.RANDOM_INIT
     return str(settings.get('train_mode', '?'))
 
 
@@ -213,12 +217,92 @@ def markdown_tables(table: pd.DataFrame) -> Dict[str, List[List[str]]]:
     return out
 
 
-def to_markdown(table: pd.DataFrame, num_resamples: int = 1000) -> str:
-    """results.md: a study-level and an image-level table, then the notes."""
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the same part, method and label fraction (runs with different --seed) pooled:
+    the number of runs and the mean and sd of study AUROC and kappa."""
+    columns = ['part', 'method', 'label %', 'runs', 'study AUROC mean', 'study AUROC sd',
+               'study kappa mean', 'study kappa sd']
     if table.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = table.groupby(['part', 'method', 'label %'], sort=False, dropna=False)
+    summary = grouped.agg(**{'runs': ('run', 'size'),
+                             'study AUROC mean': ('study AUROC', 'mean'),
+                             'study AUROC sd': ('study AUROC', 'std'),
+                             'study kappa mean': ('study kappa', 'mean'),
+                             'study kappa sd': ('study kappa', 'std')}).reset_index()
+    return summary[columns]
+
+
+def seed_rows(table: pd.DataFrame) -> List[List[str]]:
+    """The seed summary as table cells (header first); '-' for the sd of a single run."""
+    rows = [['part', 'method', 'labels', 'runs', 'study AUROC mean ± sd', 'study kappa mean ± sd']]
+    for _, row in seed_summary(table).iterrows():
+        percent = '-' if math.isnan(row['label %']) else f'{row["label %"]:g}%'
+        cells = []
+        for metric in ('AUROC', 'kappa'):
+            mean, sd = row[f'study {metric} mean'], row[f'study {metric} sd']
+            cells.append(_cell(mean) + ('' if math.isnan(sd) else f' ± {sd:.3f}'))
+        rows.append([row['part'], row['method'], percent, str(int(row['runs'])), *cells])
+    return rows
+
+
+def find_probes(model_root: str) -> List[Dict]:
+    """Every probe.json below `model_root` (written by `simclr_mura.probe`)."""
+    found = []
+    for directory, _, files in sorted(tf.io.gfile.walk(model_root)):
+        if PROBE_FILE in files:
+            result = _read_json(os.path.join(directory, PROBE_FILE))
+            if result:
+                found.append(result)
+    return found
+
+
+def probe_rows(probes: List[Dict]) -> List[List[str]]:
+    """The probe table (header first): per dataset and training split, the pretrained encoder's
+    study AUROC with its CI beside the random encoders' mean ± sd over seeds."""
+    rows = [['dataset', 'labels', 'n train', 'pretrained: study AUROC [95% CI]',
+             'random init: study AUROC mean ± sd (seeds)', 'difference']]
+    for result in probes:
+        table = pd.DataFrame(result.get('rows', []))
+        if table.empty:
+            continue
+        for split, group in table.groupby('train_split', sort=False):
+            pretrained = group[group['encoder'] == 'pretrained']
+            random = group[group['encoder'] == 'random']['study_auroc'].astype(float)
+            percent = LABEL_PERCENT.get(split)
+            cell, difference = '-', '-'
+            if len(pretrained):
+                first = pretrained.iloc[0]
+                low, high = first['study_auroc_ci']
+                cell = f'{first["study_auroc"]:.3f} [{low:.2f}, {high:.2f}]'
+                if len(random):
+                    difference = f'{first["study_auroc"] - random.mean():+.3f}'
+            spread = '' if len(random) < 2 else f' ± {random.std():.3f}'
+            rows.append([str(result.get('dataset', '?')), f'{percent}%' if percent else split,
+                         str(int(group['num_train_images'].iloc[0])),
+                         cell, f'{random.mean():.3f}{spread} ({len(random)})' if len(random) else '-',
+                         difference])
+    return rows
+
+
+def _markdown_table(rows: List[List[str]]) -> List[str]:
+    return (['| ' + ' | '.join(rows[0]) + ' |', '|' + '|'.join('---' for _ in rows[0]) + '|']
+            + ['| ' + ' | '.join(r) + ' |' for r in rows[1:]])
+
+
+def to_markdown(table: pd.DataFrame, num_resamples: int = 1000,
+                probes: Optional[List[Dict]] = None) -> str:
+    """results.md: a study-level and an image-level table, the seed summary (when some row
+    has several runs), the probe table (when there are probes), then the notes."""
+    if table.empty and not probes:
         return '(no finished runs)'
     parts = []
-    for level, rows in markdown_tables(table).items():
+    if not table.empty and (seed_summary(table)['runs'] > 1).any():
+        parts += ['### Mean over seeds\n', *_markdown_table(seed_rows(table)), '']
+    if probes:
+        parts += ['### Frozen-feature probe (logistic regression on the encoder\'s features)\n',
+                  *_markdown_table(probe_rows(probes)), '']
+    for level, rows in (markdown_tables(table).items() if not table.empty else ()):
         parts.append(f'### {level.capitalize()} level\n')
         parts.append('| ' + ' | '.join(rows[0]) + ' |')
         parts.append('|' + '|'.join('---' for _ in rows[0]) + '|')
@@ -252,13 +336,18 @@ def _scalar_series(run_dir: str) -> Dict[str, Dict[int, float]]:
 
 
 def training_series(run: Run) -> Dict[str, tuple]:
-    """'loss', 'accuracy', 'learning rate' -> (steps, values) of one run."""
+    """'loss', 'accuracy', 'learning rate' -> (steps, values) of one run; a pretraining run's
+    loss and accuracy are the contrastive ones, with their chance levels as 'loss chance' and
+    'accuracy chance' when the run logged them."""
     tags = {'loss': ('train/total_loss',),
             'accuracy': ('train/supervised_acc', 'train/contrast_acc'),
             'learning rate': ('learning_rate',)}
     found = _scalar_series(run.dir)
     if run.method == PRETRAIN_NAME:
-        tags['accuracy'] = ('train/contrast_acc',)
+        tags.update({'loss': ('train/contrast_loss', 'train/total_loss'),
+                     'accuracy': ('train/contrast_acc',),
+                     'loss chance': ('train/contrast_loss_chance',),
+                     'accuracy chance': ('train/contrast_acc_chance',)})
     out = {}
     for kind, names in tags.items():
         for name in names:
@@ -386,14 +475,20 @@ def write_report(model_root: str, out: str, data_dir: Optional[str] = None,
                  num_resamples: int = 1000) -> pd.DataFrame:
     """Writes results.csv/md, the figures and index.html to `out`; returns the table."""
     runs = find_runs(model_root)
+    probes = find_probes(model_root)
     table = collect(model_root, data_dir, runs, num_resamples)
     tf.io.gfile.makedirs(out)
     io_util.write_text_atomic(os.path.join(out, 'results.csv'), table.to_csv(index=False))
-    markdown = to_markdown(table, num_resamples)
+    markdown = to_markdown(table, num_resamples, probes)
     io_util.write_text_atomic(os.path.join(out, 'results.md'), '# Results\n\n' + markdown + '\n')
     written = write_figures(table, runs, out, data_dir) if runs else []
-    section = html_page.results_section(markdown_tables(table) if runs else {}, notes(num_resamples), written,
-                                           out)
+    tables = {}
+    if runs and (seed_summary(table)['runs'] > 1).any():
+        tables['Mean over seeds'] = seed_rows(table)
+    if probes:
+        tables['Frozen-feature probe'] = probe_rows(probes)
+    tables.update(markdown_tables(table) if runs else {})
+    section = html_page.results_section(tables, notes(num_resamples), written, out)
     html_page.write_section(out, 'results', section)
     html_page.write_index(out)
     return table
@@ -409,7 +504,7 @@ def main(argv):
               'holding the run directories', file=sys.stderr)
         return 1
     table = write_report(FLAGS.model_root, FLAGS.out, FLAGS.data_dir, FLAGS.bootstrap_resamples)
-    print(to_markdown(table, FLAGS.bootstrap_resamples))
+    print(to_markdown(table, FLAGS.bootstrap_resamples, find_probes(FLAGS.model_root)))
     print(f'\nwrote {os.path.join(FLAGS.out, "results.md")}, results.csv, figures/ and '
           f'{os.path.join(FLAGS.out, "index.html")}')
     return 0

@@ -1,12 +1,13 @@
 """The names of the files a run writes to its model_dir: the one place that knows them.
 
-Evaluation writes them (`evaluate.py`); the grid, the report and the page read them, so the study
-works on runs made elsewhere and copied back. Plain strings only: importing this module imports
-nothing of the training stack.
+Evaluation writes them (`evaluate.py`; the probe its `probe.json`); the grid, the report and the
+page read them, so the study works on runs made elsewhere and copied back. Plain strings only:
+importing this module imports nothing of the training stack.
 """
 import re
 
 RESULT = 'result.json'  # The newest evaluation's result (overwritten by each evaluation).
+PROBE = 'probe.json'  # The frozen-feature probe's result (`simclr_mura.probe`).
 FLAGS = 'flags.json'  # The run's settings (`Config.to_dict`).
 SUMMARIES_GLOB = 'events.out.tfevents.*'  # TensorBoard summaries (training and evaluation).
 

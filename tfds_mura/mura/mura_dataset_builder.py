@@ -41,6 +41,9 @@ WHERE_TO_GET = (f'Download MURA-v1.1 from the Stanford AIMI site ({_AIMI_URL}) a
 _ORDER_SALT = 'mura-v1.1/example-order/v1'
 # Serialized tf.train.Example bytes beyond the image (ids, label, ...): only sizes the shards.
 _EXAMPLE_OVERHEAD_BYTES = 256
+# Enough files for file sharding on common host counts (see `number_of_shards`).
+HOST_SHARDS = 32
+MIN_SHARD_EXAMPLES = 32
 
 
 @dataclasses.dataclass
@@ -59,8 +62,11 @@ def _configs() -> List[MuraConfig]:
 class Builder(tfds.core.ShardBasedBuilder):
     """DatasetBuilder for MURA-v1.1 (manual download; folder or zip)."""
 
-    VERSION = tfds.core.Version('1.1.0')
+    VERSION = tfds.core.Version('1.2.0')
     RELEASE_NOTES = {
+        '1.2.0': 'Same splits, examples and example order as 1.1.0; a split of n examples is cut into '
+                 'at least min(32, n // 32) shards (rounded down to a power of two), so input '
+                 'pipelines on up to 32 hosts can each read whole files.',
         '1.1.0': 'Same splits, examples and stored image bytes as 1.0.0; written shard by shard in an '
                  'order the builder shuffles itself (salted SHA-256 of the image id per split) instead '
                  'of through the TFDS shuffler, and images that need conversion are converted once: '
@@ -271,12 +277,25 @@ def example_order(split: str, records: Sequence) -> list:
     return sorted(records, key=lambda r: (mura_splits.stable_unit(r.key, f'{_ORDER_SALT}/{split}'), r.key))
 
 
+def number_of_shards(total_bytes: int, num_examples: int) -> int:
+    """Shards of a split: as many as TFDS would make for its size (`ShardConfig`), but at least
+    the largest power of two <= min(HOST_SHARDS, num_examples // MIN_SHARD_EXAMPLES).
+
+    Readers on several hosts shard by files when a split has at least as many files as hosts
+    (`simclr_mura.data.pipeline_split`), so a split of >= 1024 examples has >= 32 files (1, 2, 4,
+    8, 16 or 32 hosts each get whole files, evenly); smaller splits are read by examples."""
+    by_hosts = 1
+    while by_hosts * 2 <= min(HOST_SHARDS, num_examples // MIN_SHARD_EXAMPLES):
+        by_hosts *= 2
+    return max(ShardConfig.calculate_number_shards(total_bytes, num_examples), by_hosts)
+
+
 def shard_records(split: str, records: Sequence, sizes: Dict[str, int]) -> List[list]:
-    """The split's records in `example_order`, cut into as many shards as TFDS would make for
-    their size (`ShardConfig`), with equal example counts (+-1) as TFDS cuts them."""
+    """The split's records in `example_order`, cut into `number_of_shards` shards with equal
+    example counts (+-1) as TFDS cuts them."""
     ordered = example_order(split, records)
     total = sum(sizes[r.key] + _EXAMPLE_OVERHEAD_BYTES for r in ordered)
-    num_shards = ShardConfig.calculate_number_shards(total, len(ordered))
+    num_shards = number_of_shards(total, len(ordered))
     bounds = [round(len(ordered) * i / num_shards) for i in range(num_shards + 1)]
     return [ordered[start:end] for start, end in zip(bounds, bounds[1:])]
 

@@ -163,7 +163,7 @@ def write_shards(jobs: Sequence[ShardJob], serialize: Callable[[object], Optiona
                 record = serialize(item)
                 if record is not None:
                     writer.write(record)
-        return os.path.getsize(job.path)
+        return tf.io.gfile.stat(job.path).length  # Also on gs:// (a build straight into a bucket).
 
     threads = threads or min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
