@@ -109,21 +109,21 @@ cmd_demo() {
   cmd_build --manual_dir "$manual" --data_dir "$data" --config "$DEMO_PART"
   cmd_grid --preset demo --parts "$DEMO_PART" --data_dir "$data" --model_root "$runs"
   say "report and data exploration (synthetic data): $out"
-  python -m simclr_mura.report --model_root "$runs" --out "$out" --data_dir "$data"
-  python -m simclr_mura.explore --data_dir "$data" --out "$out" --dataset "mura/$DEMO_PART"
+  python -m simclr_mura.study.report --model_root "$runs" --out "$out" --data_dir "$data"
+  python -m simclr_mura.study.explore --data_dir "$data" --out "$out" --dataset "mura/$DEMO_PART"
   say "report: $out/index.html"
 }
 
 cmd_grid() {
   ensure_env test
-  say "experiment grid: python -m simclr_mura.grid $*"
+  say "experiment grid: python -m simclr_mura.study.grid $*"
   # Defaults first: flags given on the command line come later and win.
-  python -m simclr_mura.grid --data_dir "$WORK_DIR/tfds" --model_root "$WORK_DIR/grid" "$@"
+  python -m simclr_mura.study.grid --data_dir "$WORK_DIR/tfds" --model_root "$WORK_DIR/grid" "$@"
 }
 
 cmd_report() {
   ensure_env test
-  python -m simclr_mura.report --model_root "$WORK_DIR/grid" --out "$WORK_DIR/report" "$@"
+  python -m simclr_mura.study.report --model_root "$WORK_DIR/grid" --out "$WORK_DIR/report" "$@"
 }
 
 cmd_test() {

@@ -57,6 +57,7 @@ from simclr_mura import config as config_lib  # noqa: E402
 from simclr_mura import data as data_lib  # noqa: E402
 from simclr_mura import data_util  # noqa: E402
 from simclr_mura import io_util  # noqa: E402
+from simclr_mura import recipes  # noqa: E402
 from simclr_mura import train as train_lib  # noqa: E402
 from simclr_mura.config import Config  # noqa: E402
 
@@ -71,11 +72,15 @@ PIPELINES = ('decode_floor', 'train_two_view', 'train_straightforward', 'eval_on
 def prepare_dataset(args, workdir: str) -> tfds.core.DatasetBuilder:
     """The prepared builder: --data_dir as given, or a synthetic tree built under `workdir`."""
     if args.data_dir:
-        return data_lib.load_builder(args.dataset, args.data_dir)
+        builder = data_lib.make_builder(args.dataset, args.data_dir)
+        data_lib.ensure_prepared(builder)
+        return builder
     from tfds_mura import synthetic  # pylint: disable=import-outside-toplevel
     manual = os.path.join(workdir, 'manual')
     synthetic.write_synthetic_mura(manual, scale=args.scale, seed=0, workers=2)
-    return data_lib.load_builder(args.dataset, os.path.join(workdir, 'data'), manual_dir=manual)
+    builder = data_lib.make_builder(args.dataset, os.path.join(workdir, 'data'))
+    data_lib.ensure_prepared(builder, manual)
+    return builder
 
 
 def _raw_records(builder, split: str) -> tf.data.Dataset:
@@ -165,12 +170,13 @@ def time_pipelines(pipelines: Dict[str, tf.data.Dataset], examples: int, rounds:
 def _trainer_step(config: Config, strategy, dataset_fn: Callable) -> Callable[[], None]:
     """One compiled training step per call of `train.Trainer`, fed from `dataset_fn`."""
     config_lib.validate(config.replace(model_dir='unused'), num_replicas=strategy.num_replicas_in_sync)
+    recipe = recipes.for_config(config)
     with strategy.scope():
-        model = train_lib.build_model(config, data_lib.NUM_CLASSES)
-        lr_schedule = train_lib.learning_rate_schedule(config, 36_808)
-        optimizer = train_lib.build_optimizer(config, lr_schedule)
+        model = recipe.build_model(data_lib.NUM_CLASSES)
+        lr_schedule = recipe.learning_rate(36_808)
+        optimizer = recipe.optimizer(lr_schedule)
     trainer = train_lib.Trainer(config, strategy, model, optimizer, lr_schedule,
-                                train_steps=10**9, steps_per_loop=1)
+                                train_steps=10**9, steps_per_loop=1, recipe=recipe)
     iterator = iter(data_lib.build_distributed_dataset(dataset_fn, strategy))
     one, never = tf.constant(1, tf.int64), tf.constant(0, tf.int64)
 

@@ -54,6 +54,7 @@ import tf_keras  # noqa: E402
 
 from simclr_mura import config as config_lib  # noqa: E402
 from simclr_mura import data as data_lib  # noqa: E402
+from simclr_mura import recipes  # noqa: E402
 from simclr_mura import train as train_lib  # noqa: E402
 from simclr_mura.config import Config  # noqa: E402
 
@@ -98,12 +99,13 @@ def port_variant(name: str, config: Config, strategy: tf.distribute.Strategy,
     with `return_trainer`), fed views of `view_channels` channels (3 RGB, 1 grey)."""
     pretrain = config.train_mode == 'pretrain'
     config_lib.validate(config.replace(model_dir='unused'), num_replicas=strategy.num_replicas_in_sync)
+    recipe = recipes.for_config(config)
     with strategy.scope():
-        model = train_lib.build_model(config, data_lib.NUM_CLASSES)
-        lr_schedule = train_lib.learning_rate_schedule(config, NUM_TRAIN_EXAMPLES)
-        optimizer = train_lib.build_optimizer(config, lr_schedule)
+        model = recipe.build_model(data_lib.NUM_CLASSES)
+        lr_schedule = recipe.learning_rate(NUM_TRAIN_EXAMPLES)
+        optimizer = recipe.optimizer(lr_schedule)
     trainer = train_lib.Trainer(config, strategy, model, optimizer, lr_schedule,
-                                train_steps=10**9, steps_per_loop=1)
+                                train_steps=10**9, steps_per_loop=1, recipe=recipe)
     per_replica = config.train_batch_size // strategy.num_replicas_in_sync
     element = _port_inputs(per_replica, config.image_size,
                            view_channels * (2 if pretrain else 1), seed=0)

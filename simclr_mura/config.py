@@ -14,9 +14,12 @@ import re
 from typing import Any, Collection, Dict, List, Optional
 
 # Enumerations. The train modes are a tuple so that new ones are added in one place; `flags_def`
-# builds its enum flag from it. 'baseline' is the supervised DenseNet-169 of `baseline.py`.
+# builds its enum flag from it. 'baseline' is the supervised DenseNet-169 of `densenet.py`;
+# each train mode has a recipe in `recipes/`.
 MODES = ('train', 'eval', 'train_then_eval')
-TRAIN_MODES = ('pretrain', 'finetune', 'baseline')
+# The train modes of the SimCLR model (`model.Model`), then the DenseNet-169 baseline.
+SIMCLR_TRAIN_MODES = ('pretrain', 'finetune')
+TRAIN_MODES = SIMCLR_TRAIN_MODES + ('baseline',)
 LEARNING_RATE_SCALINGS = ('linear', 'sqrt')
 OPTIMIZERS = ('momentum', 'adam', 'lars')
 PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
@@ -114,7 +117,7 @@ class Config:
     # Smallest share of the image a SimCLR training crop keeps (the original's 0.08, tuned for
     # ImageNet; radiographs whose sign is small may want larger crops, docs/learning.md).
     crop_min_area: float = 0.08
-    # Added by the port for --train_mode=baseline (see baseline.py).
+    # Added by the port for --train_mode=baseline (see densenet.py).
     baseline_weights: str = 'imagenet'
     baseline_rotation_degrees: float = 30.0
     baseline_plateau_decay: bool = False

@@ -14,7 +14,7 @@ Elements are `(images, targets)`:
   views to RGB on the device, after the blur, which gives the views of the original's
   tile-then-augment order (`data_util` docstring: grey path) with a third of the data to write,
   batch and copy. The DenseNet baseline passes its own one-view preprocessing (`preprocess_fn`:
-  resize, flip and rotation, see `baseline.py`), which returns (B, H, W, 3).
+  resize, flip and rotation, see `densenet.py`), which returns (B, H, W, 3).
 * targets: dict with 'label' (B, 2) one-hot float32, 'weight' (B,) float32 (per-example class
   weight, 1 without class weighting) and 'key' (B,) int64: a fingerprint of `image_id`. Keys are
   integers (not strings) so they can pass through any strategy, TPUs included; `split_index` maps
@@ -103,16 +103,6 @@ def ensure_prepared(builder: tfds.core.DatasetBuilder, manual_dir: Optional[str]
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     except MuraDataError as e:  # Bad MURA input: one line, like every other bad setting.
         raise DatasetNotBuiltError(f'--tfds_manual_dir={manual_dir}: ' + ' '.join(str(e).split())) from e
-
-
-def load_builder(dataset: str, data_dir: Optional[str] = None,
-                 manual_dir: Optional[str] = None) -> tfds.core.DatasetBuilder:
-    """The prepared TFDS builder of `dataset`, built from `manual_dir` first if needed."""
-    builder = make_builder(dataset, data_dir)
-    if not builder.is_prepared() and not manual_dir:
-        raise DatasetNotBuiltError(not_built_message(dataset, data_dir))
-    ensure_prepared(builder, manual_dir)
-    return builder
 
 
 def image_key(image_id: tf.Tensor) -> tf.Tensor:
@@ -223,11 +213,6 @@ def mura_class_weight_table(builder: tfds.core.DatasetBuilder, split: str) -> Cl
                             '0, so they get %s (as a balanced part).', split,
                             'normal' if abnormal == 0 else 'abnormal', part, ONE_CLASS_WEIGHT)
     return ClassWeights(split, names, counts, class_weights_from_counts(counts))
-
-
-def mura_class_weights(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
-    """`mura_class_weight_table(builder, split).weights`: float32 (num_body_parts, 2), [part, label]."""
-    return mura_class_weight_table(builder, split).weights
 
 
 def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: bool, is_pretrain: bool,
@@ -352,7 +337,7 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
       image_size: output height and width.
       color_jitter_strength: jitter strength of the pretraining views.
       cache_dataset: cache the raw split in memory.
-      class_weights: (num_body_parts, 2) per-example loss weights (see `mura_class_weights`).
+      class_weights: (num_body_parts, 2) per-example loss weights (`mura_class_weight_table(...).weights`).
       deterministic: ordered, seeded pipeline (for exact reruns and skip-ahead resume).
       seed: shuffle seed used when `deterministic`.
       resume_step: training steps already done; with `deterministic`, each input pipeline skips

@@ -208,19 +208,10 @@ def color_jitter_rand(image, brightness=0, contrast=0, saturation=0, hue=0, impl
     return image
 
 
-def color_jitter_nonrand(image, brightness=0, contrast=0, saturation=0, hue=0, impl='simclrv2',
-                         seed=None):
-    """Applies the four colour ops in the fixed order (unused by SimCLR training)."""
-    for op in _jitter_ops(brightness, contrast, saturation, hue, impl, _split(seed, 4),
-                          is_grey(image)):
-        image = tf.clip_by_value(op(image), 0., 1.)
-    return image
-
-
-def color_jitter(image, strength, random_order=True, impl='simclrv2', seed=None):
-    """Colour jitter of strength s: brightness/contrast/saturation 0.8s, hue 0.2s."""
-    fn = color_jitter_rand if random_order else color_jitter_nonrand
-    return fn(image, brightness=0.8 * strength, contrast=0.8 * strength,
+def color_jitter(image, strength, impl='simclrv2', seed=None):
+    """Colour jitter of strength s: brightness/contrast/saturation 0.8s, hue 0.2s, in a random order
+    (the original's default `random_order=True`; its fixed-order variant is unused and not ported)."""
+    return color_jitter_rand(image, brightness=0.8 * strength, contrast=0.8 * strength,
               saturation=0.8 * strength, hue=0.2 * strength, impl=impl, seed=seed)
 
 
@@ -403,7 +394,8 @@ def random_flip_left_right(image, seed):
 def train_view(image, height, width, color_jitter_strength=0., crop=True, flip=True,
                impl='simclrv2', seed: Optional[tf.Tensor] = None,
                crop_min_area: float = _AREA_RANGE[0]):
-    """`preprocess_for_train` in the image's own channels: a grey view stays (H, W, 1).
+    """One training view in the image's own channels (a grey view stays (H, W, 1)): random resized
+    crop, flip, colour distortion, reshape, clip (the original's `preprocess_for_train` before RGB).
 
     The input pipeline yields grey views like this and the model tiles them to RGB on the device
     (`model.Model`), so a third of the data is written, batched and copied. `crop_min_area` is the
@@ -424,20 +416,6 @@ def train_view(image, height, width, color_jitter_strength=0., crop=True, flip=T
                                     seed=colour_seed)
     image = tf.reshape(image, [height, width, 3 if rgb else 1])
     return tf.clip_by_value(image, 0., 1.)
-
-
-def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=True,
-                         flip=True, impl='simclrv2', seed: Optional[tf.Tensor] = None):
-    """One training view (float32 RGB): random resized crop, flip, colour distortion, reshape, clip.
-
-    `image` is float32 RGB in [0, 1], or any image `to_float_rgb` converts (e.g. decoded uint8
-    grey), which the crop then converts after cropping. A statically 1-channel image takes the grey
-    path (module docstring): the same view, tiled to RGB at the end. With `seed` (shape [2]
-    int32/int64) the view is a pure function of (image, seed); with None one seed is drawn per
-    call (see the module docstring).
-    """
-    return grayscale_to_rgb(train_view(image, height, width, color_jitter_strength, crop, flip,
-                                       impl, seed))
 
 
 def preprocess_views(image, height, width, color_jitter_strength: float,
@@ -472,7 +450,8 @@ def interleave_grey_views(views: Sequence[tf.Tensor]) -> tf.Tensor:
 
 
 def eval_view(image, height, width, crop=True):
-    """`preprocess_for_eval` in the image's own channels: a grey view stays (H, W, 1)."""
+    """The eval view in the image's own channels (a grey view stays (H, W, 1)): 0.875 central crop
+    + bicubic resize (if crop), reshape, clip (the original's `preprocess_for_eval` before RGB)."""
     rgb = not is_grey(image)
     if crop:
         image = center_crop(image, height, width, crop_proportion=CROP_PROPORTION, rgb=rgb)
@@ -482,33 +461,49 @@ def eval_view(image, height, width, crop=True):
     return tf.clip_by_value(image, 0., 1.)
 
 
-def preprocess_for_eval(image, height, width, crop=True):
-    """Eval view (float32 RGB): 0.875 central crop + bicubic resize (if crop), reshape, clip.
-
-    With `crop=False` (the original uses it when image_size <= 32) the image must
-    already be (height, width). Input (and the grey path) as for `preprocess_for_train`.
-    """
-    return grayscale_to_rgb(eval_view(image, height, width, crop))
-
-
 def preprocess_view(image, height, width, is_training=False, color_jitter_strength=0.,
                     test_crop=True, seed: Optional[tf.Tensor] = None,
                     crop_min_area: float = _AREA_RANGE[0]):
-    """`preprocess_image` in the image's own channels (`train_view` / `eval_view`)."""
+    """`train_view` when training, else `eval_view` (the original's `preprocess_image` before RGB)."""
     if is_training:
         return train_view(image, height, width, color_jitter_strength, seed=seed,
                           crop_min_area=crop_min_area)
     return eval_view(image, height, width, test_crop)
 
 
+# ----------------------------------------------------------------------------- the original's names
+# google-research/simclr `tf2/data_util.py` entry points, kept as thin aliases of the view family
+# above (`train_view`, `eval_view`, `preprocess_view`): the same view, tiled to RGB at the end. The
+# input pipeline uses the view family (grey views stay 1-channel until the model); these serve the
+# export's serving function, the fidelity checks and callers expecting the original's API.
+
+def preprocess_for_train(image, height, width, color_jitter_strength=0., crop=True,
+                         flip=True, impl='simclrv2', seed: Optional[tf.Tensor] = None):
+    """`train_view` tiled to RGB: random resized crop, flip, colour distortion, reshape, clip.
+
+    `image` is float32 RGB in [0, 1], or any image `to_float_rgb` converts (e.g. decoded uint8
+    grey). With `seed` (shape [2] int32/int64) the view is a pure function of (image, seed); with
+    None one seed is drawn per call (see the module docstring).
+    """
+    return grayscale_to_rgb(train_view(image, height, width, color_jitter_strength, crop, flip,
+                                       impl, seed))
+
+
+def preprocess_for_eval(image, height, width, crop=True):
+    """`eval_view` tiled to RGB: 0.875 central crop + bicubic resize (if crop), reshape, clip.
+
+    With `crop=False` (the original uses it when image_size <= 32) the image must already be
+    (height, width).
+    """
+    return grayscale_to_rgb(eval_view(image, height, width, crop))
+
+
 def preprocess_image(image, height, width, is_training=False, color_jitter_strength=0.,
                      test_crop=True, seed: Optional[tf.Tensor] = None):
-    """Converts to float32 in [0, 1] (uint8 is scaled by 1/255), grey -> RGB, then augments.
+    """`preprocess_view` tiled to RGB: float32 in [0, 1] (uint8 scaled by 1/255), augmented.
 
-    Training always uses the random resized crop and flip; `test_crop` only affects eval.
-    `seed` (training only) is passed to `preprocess_for_train`; eval is deterministic.
-    The conversion happens after the crop and grey input stays 1-channel until the end (see the
-    module docstring): same values, less work.
+    Training always uses the random resized crop and flip; `test_crop` only affects eval; `seed`
+    (training only) fixes the view, eval is deterministic.
     """
     return grayscale_to_rgb(preprocess_view(image, height, width, is_training,
                                             color_jitter_strength, test_crop, seed))

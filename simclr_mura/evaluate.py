@@ -21,7 +21,6 @@ import pandas as pd
 import tensorflow as tf
 from absl import logging
 
-from simclr_mura import baseline
 from simclr_mura import data as data_lib
 from simclr_mura import faults
 from simclr_mura import io_util
@@ -29,12 +28,7 @@ from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
 from simclr_mura import preemption
 from simclr_mura.config import Config
-
-
-def predictions_filename(split: str, step: int) -> str:
-    """`predictions_<split>_<step>.csv`, with slice characters of the split made file-safe."""
-    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', split).strip('_')
-    return f'predictions_{safe}_{step}.csv'
+from simclr_mura.study import run_files
 
 
 def restore_for_eval(model, checkpoint_path: str) -> int:
@@ -136,6 +130,7 @@ def _write_summaries(model_dir: str, values: Dict[str, Any], step: int) -> None:
 def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
              checkpoint_path: str, *, write_files: bool = True,
              extra_results: Optional[Dict[str, Any]] = None,
+             preprocess_fn=None,
              stop_requested: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
     """Evaluates one checkpoint on `config.eval_split` and writes the result files.
 
@@ -148,6 +143,7 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
       write_files: write results, predictions and summaries (False on non-chief workers).
       extra_results: more entries for the result (e.g. the class weights in use); only numbers
         whose name starts with 'eval/' become summaries.
+      preprocess_fn: the recipe's eval preprocessing (`Recipe.eval_preprocess_fn`; None: SimCLR's).
       stop_requested: checked after every batch and before the files are written; when it turns
         true, `preemption.Preempted` is raised and nothing is written.
 
@@ -159,7 +155,7 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
     predictions = predict(model, builder, strategy, split=config.eval_split,
                           batch_size=config.eval_batch_size, image_size=config.image_size,
                           eval_steps=config.eval_steps,
-                          preprocess_fn=baseline.preprocess_fn_for(config),
+                          preprocess_fn=preprocess_fn,
                           stop_requested=stop_requested)
     if predictions is None or (stop_requested is not None and stop_requested()):
         raise preemption.Preempted(step, checkpoint_path, during='evaluation')
@@ -176,12 +172,14 @@ def evaluate(config: Config, model, builder, strategy: tf.distribute.Strategy,
     _log_result(result, config.eval_study_level)
     if write_files:
         model_dir = config.model_dir
-        io_util.write_text_atomic(os.path.join(model_dir, predictions_filename(config.eval_split, step)),
+        predictions_path = os.path.join(model_dir,
+                                        run_files.predictions_filename(config.eval_split, step))
+        io_util.write_text_atomic(predictions_path,
                                   predictions.to_csv(index=False, float_format='%.7g'))
         faults.maybe_fail('eval', step)
-        io_util.write_json_atomic(os.path.join(model_dir, f'result_{step}.json'), result)
-        io_util.write_json_atomic(os.path.join(model_dir, 'result.json'), result)
-        io_util.write_json_atomic(os.path.join(model_dir, 'flags.json'), config.to_dict())
+        io_util.write_json_atomic(os.path.join(model_dir, run_files.result_at_step(step)), result)
+        io_util.write_json_atomic(os.path.join(model_dir, run_files.RESULT), result)
+        io_util.write_json_atomic(os.path.join(model_dir, run_files.FLAGS), config.to_dict())
         _write_summaries(model_dir, result, step)
     return result
 

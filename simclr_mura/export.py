@@ -11,11 +11,11 @@ preprocessing (grey decode, tiling to RGB, 0.875 centre crop, bicubic resize) an
 `probability` (of abnormal, [batch]) and `logits_sup` ([batch, 2]). Only the newest
 `keep_hub_module_max` exports are kept.
 
-The DenseNet-169 baseline (`baseline.py`) is exported the same way, except: its `__call__` returns
+The DenseNet-169 baseline (`densenet.py`) is exported the same way, except: its `__call__` returns
 only `final_avg_pool` (the pooled DenseNet features, [batch, 1664]) and `logits_sup` ([batch, 1]),
-the named outputs it has (`model.export_output_names`); serving applies the baseline's eval
-preprocessing (plain resize, no crop; passed as `preprocess_fn`), and `probability` is
-sigmoid(logit).
+the named outputs it has (`model.export_output_names`); serving applies the recipe's eval
+preprocessing (`Recipe.eval_preprocess_fn`, passed as `preprocess_fn`: the baseline's plain resize,
+no crop), and `probability` is sigmoid(logit).
 """
 import contextlib
 import os

@@ -15,13 +15,13 @@ from typing import Any, Dict, Optional
 import tensorflow as tf
 from absl import logging
 
-from simclr_mura import baseline
 from simclr_mura import checkpoints
 from simclr_mura import config as config_lib
 from simclr_mura import data as data_lib
 from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import export as export_lib
 from simclr_mura import preemption
+from simclr_mura import recipes
 from simclr_mura import run_lock
 from simclr_mura import schedule
 from simclr_mura import train as train_lib
@@ -89,24 +89,26 @@ def _check_split_sizes(builder, config: Config) -> None:
         raise ConfigError('\n'.join(errors))
 
 
-def _evaluate_and_export(config: Config, model, builder, strategy, checkpoint_path: str,
+def _evaluate_and_export(recipe: recipes.Recipe, model, builder, strategy, checkpoint_path: str,
                          result: RunResult, extra_results: Dict[str, Any]) -> None:
     # SIGTERM (preemption) as in training: the evaluation stops after the batch in progress, the
     # export after the save in progress, before anything is written under model_dir's final names;
     # run.py exits with 143 and a rerun evaluates (and exports) the same checkpoint again.
     with preemption.SigtermWatch() as sigterm:
-        _evaluate_and_export_watched(config, model, builder, strategy, checkpoint_path, result,
+        _evaluate_and_export_watched(recipe, model, builder, strategy, checkpoint_path, result,
                                      extra_results, sigterm)
 
 
-def _evaluate_and_export_watched(config: Config, model, builder, strategy, checkpoint_path: str,
-                                 result: RunResult, extra_results: Dict[str, Any],
+def _evaluate_and_export_watched(recipe: recipes.Recipe, model, builder, strategy,
+                                 checkpoint_path: str, result: RunResult, extra_results: Dict[str, Any],
                                  sigterm: preemption.SigtermWatch) -> None:
+    config = recipe.config
     chief = train_lib.is_chief(strategy)
-    checkpoints.check_compatible(model, checkpoint_path, train_lib.architecture(config),
-                                 label='checkpoint')
+    checkpoints.check_compatible(model, checkpoint_path, recipe.architecture(), label='checkpoint')
+    preprocess_fn = recipe.eval_preprocess_fn()
     result.eval_result = evaluate_lib.evaluate(config, model, builder, strategy, checkpoint_path,
                                                write_files=chief, extra_results=extra_results,
+                                               preprocess_fn=preprocess_fn,
                                                stop_requested=lambda: sigterm.requested)
     # Every worker exports (saving reads variables that may be synchronised across workers); the
     # non-chief ones into a private directory that is removed right after.
@@ -115,7 +117,7 @@ def _evaluate_and_export_watched(config: Config, model, builder, strategy, check
     try:
         path = export_lib.export(model, export_dir, step, config.image_size,
                                  config.keep_hub_module_max,
-                                 preprocess_fn=baseline.preprocess_fn_for(config),
+                                 preprocess_fn=preprocess_fn,
                                  stop_requested=lambda: sigterm.requested)
         if path is None:
             raise preemption.Preempted(step, checkpoint_path, during='export')
@@ -140,9 +142,10 @@ def _class_weights(config: Config, builder):
     return table.weights, info
 
 
-def _eval_loop(config: Config, model, builder, strategy, train_steps: int, result: RunResult,
-               extra_results: Dict[str, Any]) -> None:
+def _eval_loop(recipe: recipes.Recipe, model, builder, strategy, train_steps: int,
+               result: RunResult, extra_results: Dict[str, Any]) -> None:
     """Evaluates each new checkpoint in model_dir until one reaches train_steps (as the original)."""
+    config = recipe.config
     if _latest_checkpoint(config.model_dir) is None:
         logging.info('Waiting for checkpoints in %s (polling every %d s).', config.model_dir,
                      EVAL_POLL_SECONDS)
@@ -156,7 +159,7 @@ def _eval_loop(config: Config, model, builder, strategy, train_steps: int, resul
             logging.warning('Checkpoint %s does not read back (%s): not evaluated; waiting for '
                             'the next one.', path, problem)
             continue
-        _evaluate_and_export(config, model, builder, strategy, path, result, extra_results)
+        _evaluate_and_export(recipe, model, builder, strategy, path, result, extra_results)
         if result.eval_result['global_step'] >= train_steps:
             logging.info('Eval complete: step %d >= train_steps %d.',
                          result.eval_result['global_step'], train_steps)
@@ -221,17 +224,19 @@ def _run_mode(config: Config, builder, strategy: tf.distribute.Strategy) -> RunR
     num_classes = builder.info.features['label'].num_classes
     class_weights, weight_info = _class_weights(config, builder)
     weight_info['num_train_examples'] = num_train  # The report's "labelled training images".
+    recipe = recipes.for_config(config)
     with strategy.scope():
-        model = train_lib.build_model(config, num_classes)
+        model = recipe.build_model(num_classes)
 
     result = RunResult()
     if config.mode in ('train', 'train_then_eval'):
         result.final_step = train_lib.train(config, builder, strategy, model,
-                                            num_train_examples=num_train, class_weights=class_weights)
+                                            num_train_examples=num_train, class_weights=class_weights,
+                                            recipe=recipe)
     if config.mode == 'train_then_eval':
         # As the original: evaluate (and export) the latest checkpoint only.
-        _evaluate_and_export(config, model, builder, strategy, _latest_checkpoint(config.model_dir),
+        _evaluate_and_export(recipe, model, builder, strategy, _latest_checkpoint(config.model_dir),
                              result, weight_info)
     elif config.mode == 'eval':
-        _eval_loop(config, model, builder, strategy, train_steps, result, weight_info)
+        _eval_loop(recipe, model, builder, strategy, train_steps, result, weight_info)
     return result

@@ -12,12 +12,13 @@ import tensorflow as tf
 import tf_keras
 
 from simclr_mura import data_util
+from simclr_mura import lars_optimizer
 from simclr_mura import resnet
+from simclr_mura.config import OPTIMIZERS, PROJ_HEAD_MODES, SIMCLR_TRAIN_MODES
 from simclr_mura.schedule import WarmUpAndCosineDecay, get_train_steps  # noqa: F401
 
-PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
-TRAIN_MODES = ('pretrain', 'finetune')
-OPTIMIZERS = ('momentum', 'adam', 'lars')
+# Variables LARS neither decays nor scales by the trust ratio (the original's `build_optimizer`).
+LARS_EXCLUDE = ('batch_normalization', 'bias', 'head_supervised')
 
 
 def _dense_initializer(zero_init: bool) -> tf_keras.initializers.Initializer:
@@ -197,8 +198,8 @@ class Model(tf_keras.Model):
                  fine_tune_after_block: int = -1, use_blur: bool = True,
                  zero_init_logits_layer: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if train_mode not in TRAIN_MODES:
-            raise ValueError(f'train_mode={train_mode!r}; use one of {TRAIN_MODES}.')
+        if train_mode not in SIMCLR_TRAIN_MODES:
+            raise ValueError(f'train_mode={train_mode!r}; use one of {SIMCLR_TRAIN_MODES}.')
         if fine_tune_after_block not in (-1, 0, 1, 2, 3, 4):
             raise ValueError(f'fine_tune_after_block must be in -1..4, '
                              f'got {fine_tune_after_block}.')
@@ -284,6 +285,21 @@ class Model(tf_keras.Model):
         if endpoints is not None and outputs[1] is not None:
             endpoints['logits_sup'] = outputs[1]
         return outputs, endpoints
+
+
+def build_optimizer(optimizer_name: str, learning_rate, *, momentum: float = 0.9,
+                    weight_decay: float = 0.) -> tf_keras.optimizers.Optimizer:
+    """The original's `build_optimizer`: LARS (excluding `LARS_EXCLUDE`), SGD with Nesterov
+    momentum, or Adam, with explicit arguments instead of flags."""
+    if optimizer_name == 'lars':
+        return lars_optimizer.LARSOptimizer(
+            learning_rate, momentum=momentum, weight_decay=weight_decay,
+            exclude_from_weight_decay=list(LARS_EXCLUDE))
+    if optimizer_name == 'momentum':
+        return tf_keras.optimizers.SGD(learning_rate, momentum, nesterov=True)
+    if optimizer_name == 'adam':
+        return tf_keras.optimizers.Adam(learning_rate)
+    raise ValueError(f'optimizer_name={optimizer_name!r}; use one of {OPTIMIZERS}.')
 
 
 def add_weight_decay(model: tf_keras.Model, optimizer_name: str,

@@ -38,8 +38,9 @@ from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura import model as model_lib
 from simclr_mura.config import ConfigError
+from simclr_mura.study import run_files
 
-RESULT_FILE = 'probe.json'
+RESULT_FILE = run_files.PROBE  # The study reads it (study/run_files.py).
 TRAIN_SPLITS = ('train_1pct', 'train_10pct', 'train')
 # Regularisation strengths tried (weak regularisation of 512-2048 features converges slowly and
 # over-fits the small label fractions).
@@ -80,7 +81,7 @@ def run_directory(checkpoint: str) -> str:
 def architecture_of(checkpoint: str, overrides: Dict[str, object]) -> Architecture:
     """The run's architecture from its flags.json (if any), with explicit overrides on top."""
     values = {}
-    flags_path = os.path.join(run_directory(checkpoint), 'flags.json')
+    flags_path = os.path.join(run_directory(checkpoint), run_files.FLAGS)
     if tf.io.gfile.exists(flags_path):
         with tf.io.gfile.GFile(flags_path) as f:
             saved = json.load(f)

@@ -1,4 +1,4 @@
-"""Tests for simclr_mura.baseline: the DenseNet-169 baseline's loss, augmentation, initial weights,
+"""Tests for simclr_mura.densenet and recipes.baseline: the DenseNet-169 baseline's loss, augmentation, initial weights,
 plateau decay, and a tiny end-to-end run (train -> resume -> eval -> export -> serve PNG bytes)."""
 import json
 import math
@@ -14,9 +14,10 @@ import tensorflow_datasets as tfds
 
 import tiny_mura
 import tiny_runs
-from simclr_mura import baseline
 from simclr_mura import data
+from simclr_mura import densenet as baseline
 from simclr_mura import main
+from simclr_mura import recipes
 from simclr_mura import train
 from simclr_mura.config import Config, ConfigError
 
@@ -54,8 +55,9 @@ def test_weighted_bce_equals_the_hand_computation():
 
 def test_training_step_loss_is_the_weighted_bce_of_the_model_logits(model):
     config = Config(train_mode='baseline', optimizer='adam', image_size=SIZE, weight_decay=1e-3)
-    compute = train._make_compute_step(config, model, tf_keras.optimizers.Adam(1e-4),
-                                       tf.distribute.get_strategy())
+    compute = train._make_compute_step(recipes.for_config(config), model,
+                                       tf_keras.optimizers.Adam(1e-4), tf.distribute.get_strategy(),
+                                       jit_compile=False)
     images = tf.random.stateless_uniform([3, SIZE, SIZE, 3], seed=[1, 2])
     labels = np.array([1, 0, 1])
     weights = np.array([0.7, 0.3, 0.7], np.float32)
@@ -146,7 +148,9 @@ def test_eval_preprocessing_is_only_a_resize():
 @pytest.fixture(scope='module')
 def builder(tmp_path_factory):
     data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
-    return data.load_builder(tiny_mura.DATASET, data_dir)
+    builder = data.make_builder(tiny_mura.DATASET, data_dir)
+    data.ensure_prepared(builder)
+    return builder
 
 
 def test_input_pipeline_uses_the_baseline_preprocessing(builder):

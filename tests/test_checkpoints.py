@@ -8,9 +8,8 @@ import tf_keras
 
 import tiny_runs
 from simclr_mura import checkpoints
-from simclr_mura import train
 from simclr_mura import model as model_lib
-from simclr_mura.config import Config, ConfigError
+from simclr_mura.config import ConfigError
 
 KERNEL = 'model/resnet_model/initial_conv_relu_max_pool/0/conv2d/kernel/.ATTRIBUTES/VARIABLE_VALUE'
 HEAD = 'model/supervised_head/linear_layer/dense/kernel/.ATTRIBUTES/VARIABLE_VALUE'
@@ -158,7 +157,7 @@ def test_original_momentum_and_adam_state_is_restored_and_training_continues_ali
     latest = tf.train.latest_checkpoint(str(tmp_path))
     assert checkpoints.legacy_slot_names(latest) == slots
     model = _dense_model()
-    optimizer = train.build_optimizer(Config(optimizer=kind, learning_rate=0.1, momentum=0.9), 0.1)
+    optimizer = model_lib.build_optimizer(kind, 0.1, momentum=0.9)
     checkpoint, manager = checkpoints.make_manager(model, optimizer, str(tmp_path), 1)
     assert checkpoints.resume(checkpoint, manager) == latest
     assert int(optimizer.iterations.numpy()) == 3
@@ -171,7 +170,7 @@ def test_original_momentum_and_adam_state_is_restored_and_training_continues_ali
 
 def test_original_adam_state_is_refused_by_a_momentum_run(tmp_path):
     _original_checkpoint(str(tmp_path), 'adam')
-    optimizer = train.build_optimizer(Config(optimizer='momentum', learning_rate=0.1), 0.1)
+    optimizer = model_lib.build_optimizer('momentum', 0.1)
     checkpoint, manager = checkpoints.make_manager(_dense_model(), optimizer, str(tmp_path), 1)
     with pytest.raises(ConfigError) as info:
         checkpoints.resume(checkpoint, manager)
@@ -181,7 +180,7 @@ def test_original_adam_state_is_refused_by_a_momentum_run(tmp_path):
 
 def test_port_checkpoints_have_no_legacy_slots_to_copy(tmp_path):
     model = _dense_model()
-    optimizer = train.build_optimizer(Config(optimizer='adam', learning_rate=0.1), 0.1)
+    optimizer = model_lib.build_optimizer('adam', 0.1)
     optimizer.apply_gradients(zip(_grads(model, 0), model.trainable_variables))
     checkpoint, manager = checkpoints.make_manager(model, optimizer, str(tmp_path), 1)
     manager.save(checkpoint_number=1)

@@ -11,7 +11,9 @@ from simclr_mura import data
 @pytest.fixture(scope='module')
 def builder(tmp_path_factory):
     data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
-    return data.load_builder(tiny_mura.DATASET, data_dir)
+    builder = data.make_builder(tiny_mura.DATASET, data_dir)
+    data.ensure_prepared(builder)
+    return builder
 
 
 def _two_cpus():
@@ -26,12 +28,12 @@ def _local(strategy, value):
 
 def test_not_built_dataset_message(tmp_path):
     with pytest.raises(data.DatasetNotBuiltError) as info:
-        data.load_builder('mura/all', str(tmp_path))
+        data.ensure_prepared(data.make_builder('mura/all', str(tmp_path)))
     message = str(info.value)
     assert 'mura/all is not built in' in message
     assert 'python -m tfds_mura.build' in message and 'bash run.sh demo' in message
     with pytest.raises(data.DatasetNotBuiltError, match='--dataset=mura/kneecap'):
-        data.load_builder('mura/kneecap', str(tmp_path))
+        data.make_builder('mura/kneecap', str(tmp_path))
 
 
 def test_pretrain_pipeline_two_replicas(builder):
@@ -87,7 +89,7 @@ def test_eval_pipeline_sees_every_image_once(builder):
 
 
 def test_mura_class_weights(builder):
-    weights = data.mura_class_weights(builder, 'train')
+    weights = data.mura_class_weight_table(builder, 'train').weights
     table = data.split_index(builder, 'train')
     abnormal, total = table['label'].sum(), len(table)
     elbow = builder.info.features['body_part'].names.index('elbow')

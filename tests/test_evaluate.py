@@ -9,12 +9,7 @@ import tiny_mura
 import tiny_runs
 from simclr_mura import data
 from simclr_mura import evaluate
-from simclr_mura import train
-
-
-def test_predictions_filename_is_file_safe():
-    assert evaluate.predictions_filename('test', 12) == 'predictions_test_12.csv'
-    assert evaluate.predictions_filename('train[:50%]', 3) == 'predictions_train_50_3.csv'
+from simclr_mura import recipes
 
 
 @pytest.mark.slow
@@ -24,10 +19,11 @@ def test_evaluate_limited_steps_without_study_level(tmp_path_factory, tmp_path):
     data_dir = tiny_mura.build(os.path.join(base, 'tiny_mura'))
     config = tiny_runs.base_config(data_dir, str(tmp_path), mode='eval', eval_steps=1,
                                    eval_study_level=False, eval_batch_size=4)
-    builder = data.load_builder(config.dataset, data_dir)
+    builder = data.make_builder(config.dataset, data_dir)
+    data.ensure_prepared(builder)
     strategy = tiny_runs.strategy(2)
     with strategy.scope():
-        model = train.build_model(config, num_classes=2)
+        model = recipes.for_config(config).build_model(num_classes=2)
     result = evaluate.evaluate(config, model, builder, strategy, os.path.join(pretrain, 'ckpt-2'))
     assert result['global_step'] == 2
     assert result['eval/image/overall/num_examples'] == 4  # one global batch of 4

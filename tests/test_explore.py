@@ -1,4 +1,4 @@
-"""Tests for simclr_mura.explore on the tiny synthetic mura/elbow dataset."""
+"""Tests for simclr_mura.study.explore on the tiny synthetic mura/elbow dataset."""
 import os
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 import tiny_mura
 from simclr_mura import data as data_lib
-from simclr_mura import explore
+from simclr_mura.study import explore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +65,7 @@ def test_files_and_page_are_written(explored):
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'simclr_mura.explore', f'--data_dir={tmp_path}/none',
+    proc = subprocess.run([sys.executable, '-m', 'simclr_mura.study.explore', f'--data_dir={tmp_path}/none',
                            f'--out={tmp_path}/out'], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if line.startswith('explore: error')]

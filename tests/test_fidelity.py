@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from simclr_mura import fidelity
+from simclr_mura.fidelity import checks as fidelity
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(REPO, 'tests', 'fixtures', 'official')

@@ -1,4 +1,4 @@
-"""Tests for simclr_mura.fidelity_model against the original's fixtures and unseen configs."""
+"""Tests for simclr_mura.fidelity.model_checks against the original's fixtures and unseen configs."""
 import glob
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from simclr_mura import fidelity_model as fm
+from simclr_mura.fidelity import model_checks as fm
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'official')
 MANIFESTS = sorted(glob.glob(os.path.join(FIXTURES, 'ckpt_manifest_*.txt')))

@@ -1,4 +1,4 @@
-"""Tests for simclr_mura.grid: the runs of each preset, and skip/resume/stop on a model root."""
+"""Tests for simclr_mura.study.grid: the runs of each preset, and skip/resume/stop on a model root."""
 import os
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from simclr_mura import grid
+from simclr_mura.study import grid
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +83,7 @@ def test_grid_stops_at_the_first_failing_run(tmp_path, capfd):
 
 
 def test_cli_reports_bad_parts_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'simclr_mura.grid', '--parts=elbow,knee',
+    proc = subprocess.run([sys.executable, '-m', 'simclr_mura.study.grid', '--parts=elbow,knee',
                            f'--data_dir={tmp_path}', f'--model_root={tmp_path}/m'],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2

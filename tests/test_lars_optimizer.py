@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from simclr_mura import fidelity
+from simclr_mura.fidelity import checks as fidelity
 from simclr_mura.lars_optimizer import LARSOptimizer
 from simclr_mura.schedule import WarmUpAndCosineDecay
 

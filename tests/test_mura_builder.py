@@ -7,6 +7,7 @@ tfds_mura/mura/mura_dataset_builder_test.py.
 import collections
 import io
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,23 @@ def test_fraction_sizes_within_the_stated_tolerance_at_real_scale(part):
         assert abs(abnormal_share - np.mean([r.label for r in splits['train']])) < 0.05
     keys = {name: {r.key for r in rs} for name, rs in splits.items()}
     assert keys['train_1pct'] <= keys['train_10pct'] <= keys['train']
+
+
+def test_train_1pct_is_chosen_from_the_patients_of_train_10pct():
+    # Patients with two or three parts of mixed labels: choosing 1pct from all of train would pick
+    # patients outside 10pct here, so nesting does not follow from the shared hash order alone.
+    rng = random.Random(1)
+    records = []
+    for i in range(rng.choice([200, 400, 800])):
+        for part in rng.sample(['elbow', 'hand', 'wrist'], rng.choice([1, 2, 3])):
+            label = int(rng.random() < 0.4)
+            records += [mura_source.MuraRecord(f'p{i}_{part}_{v}', 'train', part, f'patient{i:05d}',
+                                               f'p{i}_{part}', v, label) for v in range(rng.randint(1, 6))]
+    splits = mura_splits.make_splits(records)
+    patients = {name: {r.patient_id for r in rs} for name, rs in splits.items()}
+    assert patients['train_1pct'] <= patients['train_10pct'] <= patients['train']
+    assert patients['train_1pct'] == mura_splits.select_patients(splits['train'], 0.01,
+                                                                 patients['train_10pct'])
 
 
 def test_patient_grouping_uses_the_bare_id_across_parts():

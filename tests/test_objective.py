@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from simclr_mura import fidelity, objective
+from simclr_mura import objective
+from simclr_mura.fidelity import checks as fidelity
 
 FIXTURE = os.path.join(os.path.dirname(__file__), 'fixtures', 'official', 'contrastive_loss.npz')
 TOL = dict(rtol=1e-5, atol=1e-5)

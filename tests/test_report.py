@@ -1,4 +1,4 @@
-"""Tests for simclr_mura.report on a tiny finished grid made of real runs.
+"""Tests for simclr_mura.study.report on a tiny finished grid made of real runs.
 
 The grid: the session's tiny pretraining (train, pretrain mode, eval on validation) and linear
 evaluation (train_1pct, eval on test) and the DenseNet-169 baseline (train_1pct, 32 px, 7 steps,
@@ -21,8 +21,9 @@ from sklearn import metrics as skm
 
 import tiny_mura
 import tiny_runs
-from simclr_mura import explore
-from simclr_mura import report
+from simclr_mura import main
+from simclr_mura.study import explore
+from simclr_mura.study import report
 
 PART_FIGURES = ('label_efficiency', 'roc', 'confusion', 'training', 'gallery')
 RESAMPLES = 200
@@ -202,7 +203,7 @@ def test_explore_and_report_share_one_page_in_either_order(grid, tmp_path):
 
 
 def test_cli_rejects_a_missing_model_root(tmp_path):
-    proc = subprocess.run([sys.executable, '-m', 'simclr_mura.report', f'--model_root={tmp_path}/none',
+    proc = subprocess.run([sys.executable, '-m', 'simclr_mura.study.report', f'--model_root={tmp_path}/none',
                            f'--out={tmp_path}/out'], capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 1

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from tfds_mura import synthetic_images
+from tfds_mura.mura.mura_source import PARTS
 
-PARTS = ('elbow', 'finger', 'forearm', 'hand', 'humerus', 'shoulder', 'wrist')
 
 # Real MURA-v1.1 image counts (docs/mura.md section 2.3): part -> (train normal,
 # train abnormal, valid normal, valid abnormal).

@@ -1,6 +1,6 @@
 """The report's HTML page: `index.html` in the report folder, openable from disk.
 
-`simclr_mura.report` and `simclr_mura.explore` each write their part of the page as a section file
+`simclr_mura.study.report` and `simclr_mura.study.explore` each write their part of the page as a section file
 (`section_results.html`, `section_explore.html`) into the same folder and then call `write_index`,
 which joins the sections found there. So either tool can run first, and running one again replaces
 only its own section. Figures are referenced by paths relative to the folder.
@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from simclr_mura import io_util
+from simclr_mura.study import run_files
 
 # Page order of the sections.
 SECTIONS = ('explore', 'results')
@@ -75,7 +76,8 @@ def results_section(tables: Dict[str, List[List[str]]], notes: str, figures: Seq
                     out_dir: str) -> str:
     parts = ['<section id="results"><h2>Results</h2>']
     if not tables:
-        parts.append('<p class="missing">No finished runs (no result.json below the model root).</p>')
+        parts.append(f'<p class="missing">No finished runs (no {run_files.RESULT} below the model '
+                     'root).</p>')
     for level, rows in tables.items():
         title = f'{level.capitalize()} level' if level in ('study', 'image') else level
         parts.append(f'<h3>{html.escape(title)}</h3>{table_html(rows)}')
@@ -106,8 +108,8 @@ def write_index(out_dir: str, title: str = 'simclr-mura: data and results') -> s
                 found.append((name, f.read()))
     nav = ' '.join(f'<a href="#{name}">{name}</a>' for name, _ in found)
     missing = [name for name in SECTIONS if name not in dict(found)]
-    hint = {'explore': 'python -m simclr_mura.explore --data_dir D --out this folder',
-            'results': 'python -m simclr_mura.report --model_root M --out this folder'}
+    hint = {'explore': 'python -m simclr_mura.study.explore --data_dir D --out this folder',
+            'results': 'python -m simclr_mura.study.report --model_root M --out this folder'}
     absent = ''.join(f'<p class="note">No {name} section yet ({html.escape(hint[name])}).</p>'
                      for name in missing)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'

@@ -7,8 +7,7 @@ tests/fixtures/official/README.md (sections 4 and 5). The model configuration is
 file: depth/width/SK from the name (`r<depth>[_<width>x][_sk<ratio>]`), everything else
 (classes, projection head, CIFAR stem, SE) from the stored shapes and arrays.
 
-A row is a plain tuple (name, max_abs_diff, tolerance, passed). For key-set rows the
-"difference" is the number of mismatching keys.
+Rows are `compare.Row`s; for key-set rows the "difference" is the number of mismatching keys.
 """
 import os
 import re
@@ -22,8 +21,8 @@ from absl import logging
 
 from simclr_mura import model as model_lib
 from simclr_mura import resnet
+from simclr_mura.fidelity.compare import Row, compare
 
-Row = Tuple[str, float, float, bool]
 Shapes = Dict[str, List[int]]
 
 FORWARD_RTOL = 1e-4
@@ -31,7 +30,6 @@ FORWARD_ATOL = 1e-4
 WEIGHT_SUM_ATOL = 1e-10
 VALUE_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
-LARS_EXCLUDE = ['batch_normalization', 'bias', 'head_supervised']
 _CFG = r'r(?P<depth>\d+)(?:_(?P<width>\d+)x)?(?:_sk(?P<sk>\d+(?:\.\d+)?))?'
 _MANIFEST_RE = re.compile(rf'^ckpt_manifest_(?P<cfg>{_CFG})(?P<train>_train)?\.txt$')
 _STEM = 'model/resnet_model/initial_conv_relu_max_pool/'
@@ -183,7 +181,7 @@ def _training_checkpoint_shapes(kwargs: dict, image_size: int, batch_size: int =
             0.3, num_examples=100, train_batch_size=batch_size, learning_rate_scaling='linear',
             warmup_epochs=10, train_epochs=100)
         optimizer = LARSOptimizer(schedule, momentum=0.9, weight_decay=1e-6,
-                                  exclude_from_weight_decay=LARS_EXCLUDE)
+                                  exclude_from_weight_decay=list(model_lib.LARS_EXCLUDE))
     images = tf.random.stateless_uniform((batch_size, image_size, image_size, 6), seed=(1, 2))
     labels = tf.one_hot(tf.range(batch_size) % kwargs['num_classes'], kwargs['num_classes'])
 
@@ -217,7 +215,7 @@ def _key_rows(label: str, expected: Shapes, actual: Shapes) -> List[Row]:
         if keys:
             name += f' (e.g. {keys[0]})'
             logging.warning('%s: %d %s: %s', label, len(keys), what, keys[:20])
-        rows.append((name, float(len(keys)), 0.0, not keys))
+        rows.append(Row(name, float(len(keys)), 0.0, not keys))
     return rows
 
 
@@ -243,22 +241,6 @@ def check_manifest(path: str) -> List[Row]:
     expected.pop(OBJECT_GRAPH_KEY, None)
     actual.pop(OBJECT_GRAPH_KEY, None)
     return _key_rows(base, expected, actual)
-
-
-def _compare(name: str, actual, expected, atol: float, rtol: float = 0.0) -> Row:
-    """Element-wise |actual - expected| <= atol + rtol*|expected|; tolerance printed as
-    atol + rtol * max|expected|."""
-    actual = np.asarray(actual, np.float64)
-    expected = np.asarray(expected, np.float64)
-    tolerance = atol + rtol * (float(np.max(np.abs(expected))) if expected.size else 0.0)
-    if actual.shape != expected.shape:
-        return (f'{name} (shape {actual.shape} != expected {expected.shape})', float('inf'),
-                tolerance, False)
-    if not expected.size:
-        return name, 0.0, tolerance, True
-    diff = np.abs(actual - expected)
-    return (name, float(np.max(diff)), tolerance,
-            bool(np.all(diff <= atol + rtol * np.abs(expected))))
 
 
 def _forward_config(data, cfg: str) -> Tuple[dict, int]:
@@ -303,8 +285,8 @@ def _weight_rows(data, cfg: str, values: Dict[str, np.ndarray]) -> List[Row]:
     common = [i for i, k in enumerate(keys) if k in values]
     first = [values[keys[i]].reshape(-1)[0] for i in common]
     sums = [np.sum(values[keys[i]], dtype=np.float64) for i in common]
-    rows.append(_compare(f'{cfg}__weight_first', first, data[f'{cfg}__weight_first'][common], 0.0))
-    rows.append(_compare(f'{cfg}__weight_sums', sums, data[f'{cfg}__weight_sums'][common],
+    rows.append(compare(f'{cfg}__weight_first', first, data[f'{cfg}__weight_first'][common], 0.0))
+    rows.append(compare(f'{cfg}__weight_sums', sums, data[f'{cfg}__weight_sums'][common],
                          WEIGHT_SUM_ATOL))
     return rows
 
@@ -342,11 +324,11 @@ def _check_forward_config(data, cfg: str) -> List[Row]:
         if name in weight_arrays:
             continue
         if name not in arrays:
-            rows.append((f'{key} (not produced by this port)', float('inf'), 0.0, False))
+            rows.append(Row(f'{key} (not produced by this port)', float('inf'), 0.0, False))
         elif name.endswith('_shape'):
-            rows.append(_compare(key, arrays[name], data[key], 0.0))
+            rows.append(compare(key, arrays[name], data[key], 0.0))
         else:
-            rows.append(_compare(key, arrays[name], data[key], FORWARD_ATOL, FORWARD_RTOL))
+            rows.append(compare(key, arrays[name], data[key], FORWARD_ATOL, FORWARD_RTOL))
     return rows
 
 

@@ -19,7 +19,7 @@ import math
 import os
 import re
 import sys
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Only affects a not-yet-imported TF.
 
@@ -28,30 +28,8 @@ import tensorflow as tf  # noqa: E402
 import tf_keras  # noqa: E402
 
 from simclr_mura import data_util, objective, schedule  # noqa: E402
+from simclr_mura.fidelity.compare import Row, compare  # noqa: E402
 from simclr_mura.lars_optimizer import LARSOptimizer  # noqa: E402
-
-
-class Row(NamedTuple):
-    """One compared quantity."""
-    name: str
-    max_abs_diff: float
-    tolerance: object
-    passed: bool
-
-
-def compare(name: str, actual, expected, atol: float = 0.0, rtol: float = 0.0) -> Row:
-    """Element-wise `|actual - expected| <= atol + rtol*|expected|`; shape or NaN mismatch fails."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    tolerance = atol + rtol * (float(np.max(np.abs(expected))) if expected.size else 0.0)
-    if actual.shape != expected.shape:
-        return Row(f'{name} (shape {actual.shape} != expected {expected.shape})',
-                   math.inf, tolerance, False)
-    if actual.size == 0:
-        return Row(name, 0.0, tolerance, True)
-    diff = np.abs(actual - expected)
-    passed = bool(np.all(diff <= atol + rtol * np.abs(expected)))
-    return Row(name, float(np.max(diff)), tolerance, passed)
 
 
 def configure_logical_cpus(count: int) -> bool:
@@ -402,16 +380,13 @@ def _delegate(function_name: str) -> Callable[[str], List[Row]]:
     def check(path: str) -> List[Row]:
         base = os.path.basename(path)
         try:
-            from simclr_mura import fidelity_model  # pylint: disable=import-outside-toplevel
-            checker = getattr(fidelity_model, function_name)
+            from simclr_mura.fidelity import model_checks  # pylint: disable=import-outside-toplevel
+            checker = getattr(model_checks, function_name)
         except (ImportError, AttributeError) as e:
-            return [Row(f'{base}: simclr_mura.fidelity_model.{function_name} unavailable '
+            return [Row(f'{base}: simclr_mura.fidelity.model_checks.{function_name} unavailable '
                         f'({type(e).__name__}: {e})', math.nan, None, False)]
-        rows = []
-        for name, diff, tol, passed in checker(path):
-            name = name if base in name else f'{base} {name}'
-            rows.append(Row(name, diff, tol, bool(passed)))
-        return rows
+        return [row if base in row.name else row._replace(name=f'{base} {row.name}')
+                for row in checker(path)]
     check.__name__ = function_name
     return check
 
@@ -506,6 +481,3 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logical_cpus(_replicas_needed(files))
     return 1 if run(args.fixture_dir) else 0
 
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,9 +1,9 @@
-"""Data exploration of the built `mura` TFDS dataset: `python -m simclr_mura.explore --data_dir D --out R`.
+"""Data exploration of the built `mura` TFDS dataset: `python -m simclr_mura.study.explore --data_dir D --out R`.
 
 Writes to `R`: `explore.md` (images and studies per body part x split x label, with the imbalance
 ratio abnormal/normal), `explore_counts.csv`, and figures in `R/figures/`: counts per part, views
 per study, image sizes, and a grid of sample normal and abnormal images per part. The section joins
-`R/index.html` (see `html_page`), next to the results of `simclr_mura.report` when that was run
+`R/index.html` (see `html_page`), next to the results of `simclr_mura.study.report` when that was run
 into the same folder, in either order.
 
 The dataset is read without decoding images (sizes come from the PNG headers), so this is cheap
@@ -22,17 +22,17 @@ from absl import app
 from absl import flags
 
 import tfds_mura  # noqa: F401  (registers the builder)
-from simclr_mura import figures
-from simclr_mura import html_page
 from simclr_mura import io_util
+from simclr_mura.study import figures
+from simclr_mura.study import html_page
+from tfds_mura.mura import mura_images
 
 SAMPLES_PER_LABEL = 4
-_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def png_size(data: bytes):
     """(width, height) from a PNG's IHDR chunk."""
-    if data[:8] != _PNG_SIGNATURE:
+    if not data.startswith(mura_images.PNG_SIGNATURE):
         raise ValueError('not a PNG')
     return struct.unpack('>II', data[16:24])
 

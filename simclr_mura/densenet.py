@@ -1,4 +1,5 @@
-"""DenseNet-169 supervised baseline: the MURA paper's model and recipe (`--train_mode=baseline`).
+"""DenseNet-169 supervised baseline: the MURA paper's model and its pieces (`--train_mode=baseline`;
+the recipe that wires them into training is `recipes/baseline.py`).
 
 Model: `tf_keras.applications.DenseNet169(include_top=False, pooling='avg')` on 3-channel input
 (the grey radiograph tiled to RGB), then one Dense logit; the probability of 'abnormal' is its
@@ -54,7 +55,7 @@ from absl import logging
 
 from simclr_mura import checkpoints
 from simclr_mura import data_util
-from simclr_mura.config import Config, ConfigError, first_line
+from simclr_mura.config import ConfigError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -227,7 +228,7 @@ def validation_loss(predictions: pd.DataFrame, class_weights: Optional[np.ndarra
                     part_names: Sequence[str]) -> float:
     """Mean weighted BCE of per-image predictions (columns body_part, label, probability).
 
-    `class_weights` is [part, label] -> weight as `data.mura_class_weights` (None: all 1).
+    `class_weights` is [part, label] -> weight as `data.mura_class_weight_table(...).weights` (None: all 1).
     """
     if predictions.empty:
         raise ValueError('no predictions to compute a validation loss from')
@@ -288,13 +289,6 @@ def preprocess_image(image: tf.Tensor, *, image_size: int, is_training: bool,
 def preprocess_fn(image_size: int, rotation_degrees: float):
     """`fn(image, is_training=...)` for `data.build_input_fn(preprocess_fn=...)` and the export."""
     return functools.partial(preprocess_image, image_size=image_size, rotation_degrees=rotation_degrees)
-
-
-def preprocess_fn_for(config: Config):
-    """The baseline preprocessing for `config` in baseline mode; None (SimCLR's) otherwise."""
-    if config.train_mode != 'baseline':
-        return None
-    return preprocess_fn(config.image_size, config.baseline_rotation_degrees)
 
 
 # ----------------------------------------------------------------------------- learning rate

@@ -1,4 +1,4 @@
-"""The experiment grid: `python -m simclr_mura.grid --parts elbow,hand --preset demo|gpu ...`.
+"""The experiment grid: `python -m simclr_mura.study.grid --parts elbow,hand --preset demo|gpu ...`.
 
 For each body part: SimCLR pretraining; fine-tuning at 1%, 10% and 100% labels and linear
 evaluation, all from that pretraining run; the DenseNet-169 baseline at 1%, 10% and 100%. Every
@@ -30,11 +30,13 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-PARTS = ('elbow', 'finger', 'forearm', 'hand', 'humerus', 'shoulder', 'wrist')
+from simclr_mura.study import run_files
+from tfds_mura.mura.mura_source import PARTS
+
 PRESETS = ('demo', 'cpu', 'gpu')
 SEEDS = (0, 1, 2)  # The cpu preset's seeds for probe, linear evaluation and fine-tuning rows.
 FRACTIONS = ((1, 'train_1pct'), (10, 'train_10pct'), (100, 'train'))
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS_DIR = os.path.join(REPO_ROOT, 'flags')
 
 
@@ -46,7 +48,7 @@ class GridRun:
     flagfile: Optional[str]
     overrides: Tuple[str, ...]
     module: Optional[str] = None
-    result_file: str = 'result.json'
+    result_file: str = run_files.RESULT
 
     def command(self, python: str = sys.executable) -> List[str]:
         if self.module:
@@ -99,7 +101,7 @@ def _cpu_part_runs(part: str, data_dir: str, model_root: str) -> List[GridRun]:
         f'--checkpoint={pretrain_dir}', f'--data_dir={data_dir}', f'--dataset=mura/{part}',
         '--eval_split=test', f'--seeds={",".join(map(str, SEEDS))}',
         f'--out={os.path.join(model_root, f"probe_{part}")}'),
-        module='simclr_mura.probe', result_file='probe.json'))
+        module='simclr_mura.probe', result_file=run_files.PROBE))
     for seed in SEEDS:
         runs.append(run(f'lineareval_{part}_seed{seed}', 'cpu_lineareval', f'--seed={seed}',
                         f'--checkpoint={pretrain_dir}'))

@@ -1,4 +1,4 @@
-"""Results report of finished runs: `python -m simclr_mura.report --model_root M --out R [--data_dir D]`.
+"""Results report of finished runs: `python -m simclr_mura.study.report --model_root M --out R [--data_dir D]`.
 
 Reads only files that runs wrote (`result.json`, `flags.json`, the predictions CSV and the
 TensorBoard summaries of every run directory below `model_root`), so it works on runs made
@@ -11,7 +11,7 @@ elsewhere and copied back. Writes to `R`:
   confident right and wrong predictions per part (the gallery reads the test images from the TFDS
   dataset named in the run's flags.json, or `--data_dir`; without it the page says so);
 - `index.html`: the table and every figure on one page (with the data exploration of
-  `simclr_mura.explore` when it was written to the same folder).
+  `simclr_mura.study.explore` when it was written to the same folder).
 """
 import json
 import math
@@ -26,17 +26,17 @@ from absl import app
 from absl import flags
 from tensorflow.core.util import event_pb2
 
-from simclr_mura import evaluate as evaluate_lib
-from simclr_mura import figures
-from simclr_mura import html_page
 from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
+from simclr_mura.study import figures
+from simclr_mura.study import html_page
+from simclr_mura.study import run_files
 
 BASELINE_NAME = figures.BASELINE
 PRETRAIN_NAME = 'SimCLR pretrain (linear-eval head)'
 _METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, figures.RANDOM_INIT, figures.LINEAR, PRETRAIN_NAME)
 LEVELS = ('study', 'image')
-PROBE_FILE = 'probe.json'  # Written by simclr_mura.probe (its RESULT_FILE).
+PROBE_FILE = run_files.PROBE  # Written by simclr_mura.probe.
 METRICS = (('acc', 'accuracy'), ('precision', 'precision'), ('recall', 'recall'), ('F1', 'f1'),
            ('AUROC', 'auroc'), ('kappa', 'kappa'))
 LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
@@ -99,7 +99,7 @@ def _read_json(path: str) -> Optional[Dict]:
 
 def read_predictions(run_dir: str, result: Dict) -> Optional[pd.DataFrame]:
     """The predictions CSV that `result` was computed from, or None if it is missing."""
-    path = os.path.join(run_dir, evaluate_lib.predictions_filename(str(result.get('eval_split')),
+    path = os.path.join(run_dir, run_files.predictions_filename(str(result.get('eval_split')),
                                                                   int(result.get('global_step', 0))))
     if not tf.io.gfile.exists(path):
         return None
@@ -125,8 +125,8 @@ class Run:
     def __init__(self, run_dir: str, model_root: str):
         self.dir = run_dir
         self.name = os.path.relpath(run_dir, model_root)
-        self.result = _read_json(os.path.join(run_dir, 'result.json'))
-        self.settings = _read_json(os.path.join(run_dir, 'flags.json')) or {}
+        self.result = _read_json(os.path.join(run_dir, run_files.RESULT))
+        self.settings = _read_json(os.path.join(run_dir, run_files.FLAGS)) or {}
         self.predictions = read_predictions(run_dir, self.result)
         dataset = str(self.settings.get('dataset', ''))
         self.part = dataset.split('/', 1)[1] if '/' in dataset else (dataset or '?')
@@ -142,7 +142,7 @@ class Run:
 
 def find_runs(model_root: str) -> List[Run]:
     return [Run(directory, model_root) for directory, _, files in sorted(tf.io.gfile.walk(model_root))
-            if 'result.json' in files]
+            if run_files.RESULT in files]
 
 
 def table_row(run: Run, data_dir: Optional[str] = None, num_resamples: int = 1000) -> Dict:
@@ -315,7 +315,7 @@ def to_markdown(table: pd.DataFrame, num_resamples: int = 1000,
 def _scalar_series(run_dir: str) -> Dict[str, Dict[int, float]]:
     """tag -> {step: value} from the run's TensorBoard event files (last value of a step wins)."""
     series: Dict[str, Dict[int, float]] = {}
-    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, 'events.out.tfevents.*'))):
+    for path in sorted(tf.io.gfile.glob(os.path.join(run_dir, run_files.SUMMARIES_GLOB))):
         try:
             for record in tf.data.TFRecordDataset(path):
                 event = event_pb2.Event.FromString(record.numpy())

@@ -1,0 +1,23 @@
+"""The names of the files a run writes to its model_dir: the one place that knows them.
+
+Evaluation writes them (`evaluate.py`; the probe its `probe.json`); the grid, the report and the
+page read them, so the study works on runs made elsewhere and copied back. Plain strings only:
+importing this module imports nothing of the training stack.
+"""
+import re
+
+RESULT = 'result.json'  # The newest evaluation's result (overwritten by each evaluation).
+PROBE = 'probe.json'  # The frozen-feature probe's result (`simclr_mura.probe`).
+FLAGS = 'flags.json'  # The run's settings (`Config.to_dict`).
+SUMMARIES_GLOB = 'events.out.tfevents.*'  # TensorBoard summaries (training and evaluation).
+
+
+def result_at_step(step: int) -> str:
+    """`result_<step>.json`: the result of the evaluation of the checkpoint at `step`."""
+    return f'result_{step}.json'
+
+
+def predictions_filename(split: str, step: int) -> str:
+    """`predictions_<split>_<step>.csv`, with slice characters of the split made file-safe."""
+    safe = re.sub(r'[^A-Za-z0-9_.-]+', '_', split).strip('_')
+    return f'predictions_{safe}_{step}.csv'
