@@ -29,6 +29,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The allocator peak is read from TensorFlow's memory statistics, which its CPU allocator keeps only
+# as a BFC allocator (TF 2.21's default CPU allocator raises "Cannot reset memory stats").
+os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')
 
 import tensorflow as tf  # noqa: E402
 
