@@ -44,7 +44,7 @@ def test_train_evaluate_export_on_ram_filesystem(tmp_path_factory):
             assert json.load(f)['global_step'] == 2
         with tf.io.gfile.GFile(f'{model_dir}/predictions_test_2.csv') as f:
             predictions = pd.read_csv(f)
-        builder = data.load_builder(tiny_mura.DATASET, data_dir)
+        builder = data.make_builder(tiny_mura.DATASET, data_dir)
         assert sorted(predictions['image_id']) == sorted(data.split_index(builder, 'test')['image_id'])
         # The export holds a loadable SavedModel under its step, and no leftovers.
         assert result.export_path == f'{model_dir}/saved_model/2'

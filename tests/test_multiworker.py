@@ -189,7 +189,7 @@ def _check_losses(model_dir, reference_dir, steps):
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
     path = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
-    builder = data.load_builder(tiny_mura.DATASET, path)
+    builder = data.make_builder(tiny_mura.DATASET, path)
     assert len(builder.info.splits['train'].file_instructions) == 1  # one train shard
     return path
 
@@ -207,7 +207,7 @@ def test_two_workers_pretrain_evaluate_export(pretrained, data_dir, tmp_path):
     workers, model_dir, flags = pretrained
     reference = str(tmp_path / 'one_process')
     _one_process_run(data_dir, reference, dict(flags, model_dir=reference))
-    builder = data.load_builder(tiny_mura.DATASET, data_dir)
+    builder = data.make_builder(tiny_mura.DATASET, data_dir)
     _check_two_worker_run(builder, workers, model_dir, reference, PRETRAIN_STEPS)
     _check_losses(model_dir, reference, PRETRAIN_STEPS)
 
@@ -220,7 +220,7 @@ def test_two_workers_finetune_evaluate_export(pretrained, data_dir, tmp_path):
     print(f'two-worker fine-tuning: {FINETUNE_STEPS} steps, {elapsed:.1f} s')
     reference = str(tmp_path / 'one_process')
     _one_process_run(data_dir, reference, dict(flags, model_dir=reference))
-    builder = data.load_builder(tiny_mura.DATASET, data_dir)
+    builder = data.make_builder(tiny_mura.DATASET, data_dir)
     _check_two_worker_run(builder, workers, str(tmp_path / 'model'), reference, FINETUNE_STEPS)
     _check_losses(str(tmp_path / 'model'), reference, FINETUNE_STEPS)
 
