@@ -159,14 +159,21 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
             'resume') from e
 
 
-def resume(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> Optional[str]:
-    """Restores the newest checkpoint of the manager's directory, if any; returns its path.
+def restore(checkpoint: tf.train.Checkpoint, path: str) -> None:
+    """Restores training checkpoint `path` into `checkpoint` (model, optimizer, step, extras).
 
     Momentum or Adam state written by the original's optimizers (legacy Keras) is restored into
     this port's optimizer (`restore_with_legacy_slots`)."""
+    if not restore_with_legacy_slots(checkpoint, path):
+        checkpoint.restore(path).expect_partial()
+
+
+def resume(checkpoint: tf.train.Checkpoint, manager: tf.train.CheckpointManager) -> Optional[str]:
+    """Restores the newest checkpoint of the manager's directory, if any (`restore`); returns its
+    path."""
     latest = manager.latest_checkpoint
-    if latest and not restore_with_legacy_slots(checkpoint, latest):
-        checkpoint.restore(latest).expect_partial()
+    if latest:
+        restore(checkpoint, latest)
     return latest
 
 
@@ -185,6 +192,14 @@ def legacy_slot_names(path: str) -> List[str]:
         if _SLOT_MARK in key and key.endswith(_VALUE_SUFFIX):
             names.add(key.split(_SLOT_MARK, 1)[1][:-len(_VALUE_SUFFIX)])
     return sorted(names)
+
+
+def _has_slot(optimizer, variable, slot: str) -> bool:
+    try:
+        optimizer.get_slot(variable, slot)
+        return True
+    except KeyError:
+        return False
 
 
 def restore_with_legacy_slots(checkpoint: tf.train.Checkpoint, path: str) -> bool:
@@ -210,17 +225,21 @@ def restore_with_legacy_slots(checkpoint: tf.train.Checkpoint, path: str) -> boo
     if getattr(optimizer, '_built', False):
         raise ValueError('restore_with_legacy_slots needs an optimizer that is not built yet')
     # A legacy optimizer of the same kind stands in for the port's: TensorFlow's object matching
-    # restores the slots into it, with the model and every other object of the checkpoint.
+    # restores the model and every other object of the checkpoint, and (eagerly) creates the
+    # stand-in's slots for exactly the variables the original optimized (those with gradients).
     stand_in = (tf_keras.optimizers.legacy.SGD(nesterov=True) if kind == 'SGD'
                 else tf_keras.optimizers.legacy.Adam())
-    variables = checkpoint.model.trainable_variables
-    stand_in._create_all_weights(variables)  # pylint: disable=protected-access
     objects = dict(tf.train.TrackableView(checkpoint).children(checkpoint))
     objects['optimizer'] = stand_in
     tf.train.Checkpoint(**objects).restore(path).expect_partial()
-    optimizer.build(variables)
+    first_slot = next(iter(wanted))
+    optimized = [v for v in checkpoint.model.trainable_variables
+                 if _has_slot(stand_in, v, first_slot)]
+    # The port's optimizer keeps its state in lists by position: it is built with the same
+    # variables, in the same order, as the training step builds it with (those with gradients).
+    optimizer.build(optimized)
     for slot, attribute in wanted.items():
-        for variable, value in zip(variables, getattr(optimizer, attribute)):
+        for variable, value in zip(optimized, getattr(optimizer, attribute)):
             value.assign(stand_in.get_slot(variable, slot))
     logging.info('Restored the legacy Keras %s state (slots %s) of %s.', kind, ', '.join(names), path)
     return True

@@ -348,7 +348,7 @@ def _train(config: Config, recipe: recipes.Recipe, builder, strategy, model, num
             # A clear message instead of a restore-time shape error when the flags changed.
             checkpoints.check_compatible(model, latest, recipe.architecture(),
                                          label='checkpoint in --model_dir')
-            checkpoint.restore(latest).expect_partial()
+            checkpoints.restore(checkpoint, latest)
             logging.info('Resuming from checkpoint %s at step %d (train_steps %d).', latest,
                          int(optimizer.iterations.numpy()), train_steps)
         else:

@@ -1,17 +1,22 @@
 """Tests for simclr_mura.train: exact step count, resume after a killed run, strategies, XLA and
 mixed precision, on the tiny synthetic dataset."""
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 import tiny_mura
 import tiny_runs
+from simclr_mura import checkpoints
 from simclr_mura import main
+from simclr_mura import recipes
 from simclr_mura import train
 from simclr_mura.config import Config, ConfigError
 
@@ -119,3 +124,56 @@ def test_seeded_blur_draws_from_a_stream_apart_from_the_data_seeds():
         # Still a function of (seed, step, replica): a resumed run blurs as the uninterrupted one.
         assert tuple(train.blur_seed(7, 3, replicas, 0).numpy()) == blur_seeds[3 * replicas]
     assert tuple(train.blur_seed(8, 3, 1, 0).numpy()) != tuple(train.blur_seed(7, 3, 1, 0).numpy())
+
+
+def _write_step_checkpoint(source_prefix, config, model_dir, form):
+    """Checkpoint `source_prefix` of a momentum run rewritten into `model_dir` at the same step,
+    its optimizer state as this port writes it ('port') or as the original does ('original':
+    legacy Keras SGD slots for the variables it optimizes). Returns the largest momentum value."""
+    recipe = recipes.for_config(config)
+    model = recipe.build_model(2)
+    with tf.GradientTape() as tape:  # the training step's loss, on a batch of blank images
+        loss, _ = recipe.compute_loss(
+            model, tf.zeros([2, config.image_size, config.image_size, 3]),
+            {'label': tf.one_hot([0, 1], 2), 'weight': tf.ones([2])},
+            strategy=tf.distribute.get_strategy())
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimized = [v for g, v in zip(grads, model.trainable_variables) if g is not None]
+    assert 0 < len(optimized) < len(model.trainable_variables)  # fine_tune_after_block freezes some
+    optimizer = recipe.optimizer(0.1)
+    optimizer.build(optimized)  # as the training step builds it
+    checkpoint, _ = checkpoints.make_manager(model, optimizer, model_dir, 1)
+    checkpoint.restore(source_prefix).expect_partial()
+    step = int(optimizer.iterations.numpy())
+    if form == 'original':
+        legacy = tf_keras.optimizers.legacy.SGD(0.1, momentum=0.9, nesterov=True)
+        legacy._create_all_weights(optimized)  # pylint: disable=protected-access
+        for variable, momentum in zip(optimized, optimizer.momentums):
+            legacy.get_slot(variable, 'momentum').assign(momentum)
+        legacy.iterations.assign(step)
+        checkpoint = tf.train.Checkpoint(model=model, global_step=legacy.iterations, optimizer=legacy)
+    saved = tf.train.CheckpointManager(checkpoint, model_dir, 1).save(checkpoint_number=step)
+    assert checkpoints.legacy_slot_names(saved) == (['momentum'] if form == 'original' else [])
+    return max(float(np.max(np.abs(m.numpy()))) for m in optimizer.momentums)
+
+
+@pytest.mark.slow
+def test_resuming_an_original_momentum_checkpoint_continues_its_momentum(tmp_path_factory, tmp_path):
+    """A model_dir whose newest checkpoint holds the original's momentum slots resumes with that
+    momentum: its next step equals the same resume from the port's own checkpoint."""
+    source_dir, _, config = tiny_runs.finetune_dir(str(tmp_path_factory.getbasetemp()))
+    assert config.optimizer == 'momentum'
+    final = {}
+    for form in ('port', 'original'):
+        model_dir = str(tmp_path / form)
+        largest_momentum = _write_step_checkpoint(os.path.join(source_dir, 'ckpt-2'), config,
+                                                  model_dir, form)
+        assert largest_momentum > 1e-6  # the state matters to the next step
+        resumed = dataclasses.replace(config, model_dir=model_dir, mode='train', train_steps=3)
+        assert main.run(resumed, strategy=tiny_runs.strategy(1)).final_step == 3
+        reader = tf.train.load_checkpoint(os.path.join(model_dir, 'ckpt-3'))
+        final[form] = {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+                       if k.startswith('model/') and 'OPTIMIZER_SLOT' not in k}
+    assert final['port'].keys() == final['original'].keys()
+    for key, value in final['port'].items():
+        np.testing.assert_allclose(final['original'][key], value, rtol=1e-6, atol=1e-9, err_msg=key)
