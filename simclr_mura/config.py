@@ -26,6 +26,9 @@ PROJ_HEAD_MODES = ('none', 'linear', 'nonlinear')
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 # 'auto': the MURA paper's weights ('mura') for the baseline, none for SimCLR (as the original).
 CLASS_WEIGHTINGS = ('auto', 'none', 'mura')
+# What a contrastive positive pair is: two augmentations of one image (the original) or two images
+# of one study (MICLe, simclr_mura/study_pairs.py).
+POSITIVE_PAIRS = ('augment', 'study_views')
 # --baseline_weights values other than a path.
 BASELINE_WEIGHTS = ('none', 'imagenet')
 MIXED_PRECISION_POLICIES = ('none', 'mixed_bfloat16', 'mixed_float16')
@@ -117,6 +120,8 @@ class Config:
     # Smallest share of the image a SimCLR training crop keeps (the original's 0.08, tuned for
     # ImageNet; radiographs whose sign is small may want larger crops, docs/learning.md).
     crop_min_area: float = 0.08
+    # Positive pairs of pretraining: 'augment' (the original) or 'study_views' (MICLe).
+    positive_pairs: str = 'augment'
     # Added by the port for --train_mode=baseline (see densenet.py).
     baseline_weights: str = 'imagenet'
     baseline_rotation_degrees: float = 30.0
@@ -177,7 +182,8 @@ def _check_enums(c: Config) -> List[str]:
     enums = [('mode', MODES), ('train_mode', TRAIN_MODES),
              ('learning_rate_scaling', LEARNING_RATE_SCALINGS), ('optimizer', OPTIMIZERS),
              ('proj_head_mode', PROJ_HEAD_MODES), ('resnet_depth', RESNET_DEPTHS),
-             ('class_weighting', CLASS_WEIGHTINGS), ('mixed_precision', MIXED_PRECISION_POLICIES)]
+             ('class_weighting', CLASS_WEIGHTINGS), ('mixed_precision', MIXED_PRECISION_POLICIES),
+             ('positive_pairs', POSITIVE_PAIRS)]
     errors = []
     for name, allowed in enums:
         value = getattr(c, name)
@@ -247,6 +253,10 @@ def _check_combinations(c: Config, resuming: bool) -> List[str]:
     if c.eval_name is not None:
         errors.append('--eval_name is unused by the original SimCLR TF2 code and not supported here; '
                       'remove it (results go to result_<step>.json in --model_dir)')
+    if c.positive_pairs != 'augment' and c.train_mode != 'pretrain':
+        errors.append(f'--positive_pairs={c.positive_pairs} chooses the pairs of contrastive '
+                      f'pretraining; --train_mode={c.train_mode} has none (use --train_mode=pretrain '
+                      'or drop the flag)')
     if c.deterministic and c.seed is None:
         errors.append('--deterministic needs --seed (op determinism requires fixed random seeds)')
     if c.class_weighting_in_use != 'none' and not c.has_supervised_head:

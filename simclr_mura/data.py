@@ -52,6 +52,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from simclr_mura import data_util
+from simclr_mura import study_pairs
 from simclr_mura.config import ConfigError
 
 NUM_CLASSES = 2
@@ -242,6 +243,11 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
         image = preprocess(image, seed=view_seeds[0])
     else:
         image = preprocess(image)
+    return image, _targets(features, class_weights)
+
+
+def _targets(features: Dict[str, tf.Tensor], class_weights: Optional[np.ndarray]) -> Dict[str, tf.Tensor]:
+    """The one-hot label, the per-example loss weight and the image key of one example."""
     label = tf.cast(features['label'], tf.int32)
     targets = {'label': tf.one_hot(label, NUM_CLASSES)}
     if class_weights is not None:
@@ -250,7 +256,21 @@ def _map_fn(features: Dict[str, tf.Tensor], *, image_size: int, is_training: boo
     else:
         targets['weight'] = tf.constant(1.0)
     targets['key'] = image_key(features['image_id'])
-    return image, targets
+    return targets
+
+
+def _study_pair_map_fn(pair: Dict[str, tf.Tensor], *, decode, image_size: int,
+                       color_jitter_strength: float, class_weights: Optional[np.ndarray],
+                       seed: Optional[tf.Tensor] = None,
+                       crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA):
+    """A pair of `study_pairs.pairs_dataset` -> (its two views on channels, targets of `image`)."""
+    view_seeds = [None, None]
+    if seed is not None:
+        view_seeds = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    views = data_util.preprocess_image_views(
+        [decode(pair['image']), decode(pair['partner'])], image_size, image_size,
+        color_jitter_strength, view_seeds, crop_min_area=crop_min_area)
+    return views, _targets(pair, class_weights)
 
 
 def _pad_to_full_batches(dataset: tf.data.Dataset, count: int, largest: int,
@@ -323,7 +343,8 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
                    class_weights: Optional[np.ndarray] = None, deterministic: bool = False,
                    seed: Optional[int] = None, resume_step: int = 0,
                    preprocess_fn: Optional[PreprocessFn] = None,
-                   crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA
+                   crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA,
+                   positive_pairs: str = 'augment'
                    ) -> Callable[[tf.distribute.InputContext], tf.data.Dataset]:
     """Returns `input_fn(input_context) -> tf.data.Dataset` of per-replica batches.
 
@@ -348,6 +369,8 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         `is_pretrain=False`.
       crop_min_area: smallest share of the image a SimCLR training crop keeps (the original's
         0.08); unused with `preprocess_fn`.
+      positive_pairs: with `is_pretrain` and `is_training`, 'augment' (two views of one image, the
+        original) or 'study_views' (two images of one study, `study_pairs`).
     """
     if preprocess_fn is not None and is_pretrain:
         raise ValueError('preprocess_fn replaces the one-view preprocessing; pretraining uses '
@@ -356,6 +379,13 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
                                is_pretrain=is_pretrain, color_jitter_strength=color_jitter_strength,
                                class_weights=class_weights, preprocess_fn=preprocess_fn,
                                crop_min_area=crop_min_area)
+
+    if positive_pairs == 'study_views' and is_training and is_pretrain:
+        return functools.partial(
+            _study_pairs_input, builder, split, global_batch_size, image_size=image_size,
+            color_jitter_strength=color_jitter_strength, class_weights=class_weights,
+            deterministic=deterministic, seed=seed, resume_step=resume_step,
+            crop_min_area=crop_min_area)
 
     def input_fn(input_context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
@@ -413,6 +443,41 @@ def build_input_fn(builder: tfds.core.DatasetBuilder, split: str, global_batch_s
         return dataset.prefetch(tf.data.AUTOTUNE)
 
     return input_fn
+
+
+def _study_pairs_input(builder: tfds.core.DatasetBuilder, split: str, global_batch_size: int,
+                       input_context: tf.distribute.InputContext, *, image_size: int,
+                       color_jitter_strength: float, class_weights: Optional[np.ndarray],
+                       deterministic: bool, seed: Optional[int], resume_step: int,
+                       crop_min_area: float) -> tf.data.Dataset:
+    """`build_input_fn`'s training input with `positive_pairs='study_views'` (study_pairs.py):
+    one pipeline's studies, an epoch of pairs after another, two views per pair."""
+    batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+    pipelines = input_context.num_input_pipelines
+    pipeline_batch = global_batch_size // pipelines
+    table = study_pairs.read_studies(builder, split, input_context.input_pipeline_id, pipelines)
+    logging.info('Input pipeline %d/%d for split %s: per-replica batch %d, study-view pairs: %d '
+                 'studies (%d images, %d with one view), %d pairs per epoch.',
+                 input_context.input_pipeline_id, pipelines, split, batch_size, len(table.sizes),
+                 len(table.images), int(np.sum(table.sizes == 1)),
+                 len(table.sizes) - len(table.sizes) % pipeline_batch)
+    dataset = study_pairs.pairs_dataset(table, seed if deterministic else None, pipeline_batch)
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    dataset = dataset.with_options(options)
+    map_fn = functools.partial(
+        _study_pair_map_fn, decode=builder.info.features['image'].decode_example,
+        image_size=image_size, color_jitter_strength=color_jitter_strength,
+        class_weights=class_weights, crop_min_area=crop_min_area)
+    if deterministic:
+        dataset = _with_position_seeds(dataset, seed, input_context)
+        if resume_step:
+            dataset = dataset.skip(resume_step * pipeline_batch)
+        dataset = dataset.map(lambda pair, element_seed: map_fn(pair, seed=element_seed),
+                              num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(map_fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def build_distributed_dataset(input_fn, strategy: tf.distribute.Strategy):

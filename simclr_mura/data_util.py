@@ -427,9 +427,18 @@ def preprocess_views(image, height, width, color_jitter_strength: float,
     View k is `train_view(image, height, width, color_jitter_strength, seed=seeds[k])` (a None
     seed is drawn per view), i.e. `preprocess_for_train`'s view before a grey view's tile.
     """
+    return preprocess_image_views([image] * len(seeds), height, width, color_jitter_strength, seeds,
+                                  crop_min_area)
+
+
+def preprocess_image_views(images: Sequence[tf.Tensor], height, width, color_jitter_strength: float,
+                           seeds: Sequence[Optional[tf.Tensor]],
+                           crop_min_area: float = _AREA_RANGE[0]) -> tf.Tensor:
+    """`preprocess_views` with view k taken from images[k] (e.g. two images of one study, as
+    `--positive_pairs=study_views` pairs them); the images share their channel count."""
     views = [train_view(image, height, width, color_jitter_strength, seed=seed,
-                        crop_min_area=crop_min_area) for seed in seeds]
-    if is_grey(image):
+                        crop_min_area=crop_min_area) for image, seed in zip(images, seeds)]
+    if is_grey(images[0]):
         return interleave_grey_views(views)
     return tf.concat(views, -1)
 

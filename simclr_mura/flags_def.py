@@ -111,6 +111,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float('crop_min_area', 0.08, 'Smallest share of the image a SimCLR training crop '
                        'keeps (random resized crop area range [crop_min_area, 1]; the original: 0.08).',
                        **fv)
+    flags.DEFINE_enum('positive_pairs', 'augment', list(config_lib.POSITIVE_PAIRS),
+                      'Positive pairs of pretraining: augment (two augmentations of one image, the '
+                      'original) or study_views (two different images of one study, MICLe; a '
+                      'one-image study gives two augmentations of its image).', **fv)
     flags.DEFINE_bool('allow_random_init', False, 'Allow --train_mode=finetune without --checkpoint '
                       '(trains from random weights).', **fv)
     # Added by the port for --train_mode=baseline. The baseline trains with Adam (--optimizer=adam)

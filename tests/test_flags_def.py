@@ -29,12 +29,14 @@ ADDED_FLAGS = {'eval_study_level': True, 'tfds_manual_dir': None, 'class_weighti
                'seed': None, 'deterministic': False, 'mixed_precision': 'none', 'jit_compile': False,
                'allow_random_init': False, 'baseline_weights': 'imagenet',
                'baseline_rotation_degrees': 30.0, 'baseline_plateau_decay': False,
-               'baseline_plateau_split': 'validation', 'crop_min_area': 0.08}
+               'baseline_plateau_split': 'validation', 'crop_min_area': 0.08,
+               'positive_pairs': 'augment'}
 ENUMS = {'learning_rate_scaling': ['linear', 'sqrt'], 'optimizer': ['momentum', 'adam', 'lars'],
          'mode': ['train', 'eval', 'train_then_eval'],
          'train_mode': ['pretrain', 'finetune', 'baseline'],
          'proj_head_mode': ['none', 'linear', 'nonlinear'], 'class_weighting': ['auto', 'none', 'mura'],
-         'mixed_precision': ['none', 'mixed_bfloat16', 'mixed_float16']}
+         'mixed_precision': ['none', 'mixed_bfloat16', 'mixed_float16'],
+         'positive_pairs': ['augment', 'study_views']}
 
 
 @pytest.fixture

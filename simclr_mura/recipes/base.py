@@ -36,6 +36,8 @@ class TrainInput:
     preprocess_fn: Optional[PreprocessFn] = None  # None: SimCLR's own view preprocessing.
     # The SimCLR random crop's smallest share of the image (--crop_min_area; the original's 0.08).
     crop_min_area: float = data_util.DEFAULT_CROP_MIN_AREA
+    # Two augmentations of one image ('augment') or two images of one study ('study_views').
+    positive_pairs: str = 'augment'
 
     def as_kwargs(self) -> Dict[str, object]:
         return dataclasses.asdict(self)

@@ -57,7 +57,8 @@ class SimCLR(base.Recipe):
     def train_input(self) -> base.TrainInput:
         return base.TrainInput(is_pretrain=self.pretraining,
                                color_jitter_strength=self.config.color_jitter_strength,
-                               crop_min_area=self.config.crop_min_area)
+                               crop_min_area=self.config.crop_min_area,
+                               positive_pairs=self.config.positive_pairs)
 
     def learning_rate(self, num_train_examples: int):
         c = self.config
