@@ -186,3 +186,29 @@ def test_port_checkpoints_have_no_legacy_slots_to_copy(tmp_path):
     manager.save(checkpoint_number=1)
     assert checkpoints.legacy_slot_names(manager.latest_checkpoint) == []
     assert not checkpoints.restore_with_legacy_slots(checkpoint, manager.latest_checkpoint)
+
+
+@pytest.mark.slow  # trains the shared tiny pretraining run, then one more step
+def test_pretraining_continues_from_a_simclr_saved_model_with_a_fresh_optimizer_and_step(
+        pretrain, tmp_path_factory, tmp_path):
+    """--checkpoint in pretrain mode (e.g. the official SimCLRv2 ImageNet SavedModels): encoder,
+    projection head and (same shape) linear-eval head come from it; optimizer and step start anew."""
+    from simclr_mura import main
+    from simclr_mura import recipes
+    import tiny_mura
+    data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
+    source = os.path.join(pretrain, 'saved_model', '4')
+    config = tiny_runs.base_config(data_dir, str(tmp_path / 'continued'), train_mode='pretrain',
+                                   checkpoint=source, train_steps=1, mode='train', learning_rate=0.1)
+    recipe = recipes.for_config(config)
+    model = recipe.build_model(2)
+    recipe.initialize(model)
+    expected = _model('pretrain')
+    tf.train.Checkpoint(model=expected).restore(os.path.join(pretrain, 'ckpt-4')).expect_partial()
+    assert len(model.variables) == len(expected.variables)
+    for got, want in zip(model.variables, expected.variables):  # the same layers, in order
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=got.name)
+    result = main.run(config, strategy=tiny_runs.strategy(1))
+    assert result.final_step == 1  # the source's step 4 is not carried over
+    reader = tf.train.load_checkpoint(os.path.join(config.model_dir, 'ckpt-1'))
+    assert int(reader.get_tensor('global_step/.ATTRIBUTES/VARIABLE_VALUE')) == 1

@@ -98,7 +98,8 @@ def test_cpu_preset_has_probe_seeds_and_random_init_rows(tmp_path):
     names = [r.name for r in runs]
     seeds = len(grid.SEEDS)
     assert names[:2] == ['pretrain_elbow', 'probe_elbow']
-    assert len(runs) == 2 + seeds + 3 * 2 * seeds + 3
+    micle = 2 + seeds + 2 * seeds
+    assert len(runs) == 2 + seeds + 3 * 2 * seeds + 3 + micle
     pretrain = os.path.join('ROOT', 'pretrain_elbow')
     probe = runs[1]
     assert probe.module == 'simclr_mura.probe' and probe.result_file == 'probe.json'
@@ -113,6 +114,16 @@ def test_cpu_preset_has_probe_seeds_and_random_init_rows(tmp_path):
             assert _flag(tuned, 'checkpoint') == pretrain and _flag(scratch, 'checkpoint') is None
             assert '--allow_random_init' in scratch.overrides
             assert _flag(tuned, 'seed') == _flag(scratch, 'seed') == str(seed)
+    # MICLe rows: the same pretraining flagfile with study-view pairs; its rows start from it.
+    micle_pretrain = runs[names.index('pretrain_micle_elbow')]
+    assert micle_pretrain.flagfile == runs[0].flagfile
+    assert '--positive_pairs=study_views' in micle_pretrain.overrides
+    assert '--positive_pairs=study_views' not in runs[0].overrides
+    micle_dir = os.path.join('ROOT', 'pretrain_micle_elbow')
+    assert _flag(runs[names.index('probe_micle_elbow')], 'checkpoint') == micle_dir
+    for name in [f'lineareval_micle_elbow_seed{s}' for s in grid.SEEDS] + [
+            f'finetune_micle_{p}pct_elbow_seed{s}' for p in (1, 10) for s in grid.SEEDS]:
+        assert _flag(runs[names.index(name)], 'checkpoint') == micle_dir
     for run in runs:
         assert run.flagfile is None or os.path.isfile(run.flagfile)
         if run.flagfile:

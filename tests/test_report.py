@@ -56,6 +56,25 @@ def test_method_names():
                                'checkpoint': None, 'allow_random_init': True}) == 'Random-init fine-tune'
 
 
+def test_micle_runs_are_named_from_their_pretraining(tmp_path):
+    micle = {'train_mode': 'pretrain', 'positive_pairs': 'study_views'}
+    assert report.method_name(micle) == 'MICLe SimCLR pretrain (linear-eval head)'
+    # A fine-tune finds its pretraining's flags.json where --checkpoint pointed, or (runs copied
+    # from elsewhere) under the same run name below the report's model_root.
+    (tmp_path / 'pretrain_micle_elbow').mkdir()
+    (tmp_path / 'pretrain_micle_elbow' / 'flags.json').write_text(json.dumps(micle))
+    for checkpoint in (str(tmp_path / 'pretrain_micle_elbow'), '/elsewhere/pretrain_micle_elbow/ckpt-120'):
+        source = report.pretraining_settings(checkpoint, str(tmp_path))
+        assert source == micle
+        linear = {'train_mode': 'finetune', 'fine_tune_after_block': 4, 'checkpoint': checkpoint}
+        assert report.method_name(linear, source) == 'MICLe SimCLR linear eval'
+        tuned = dict(linear, fine_tune_after_block=-1)
+        assert report.method_name(tuned, source) == 'MICLe SimCLR fine-tune'
+    plain = {'train_mode': 'pretrain', 'positive_pairs': 'augment'}
+    assert report.method_name({'train_mode': 'finetune', 'checkpoint': 'x'}, plain) == 'SimCLR fine-tune'
+    assert report.pretraining_settings('/elsewhere/other_run/ckpt-1', str(tmp_path)) is None
+
+
 def test_seed_numbers_follow_the_seed_report():
     assert report.seed_numbers('elbow', 'DenseNet-169 baseline', 100) == (0.822, 0.506, 0.333)
     assert report.seed_numbers('elbow', 'DenseNet-169 baseline', 10) is None
@@ -233,6 +252,9 @@ def test_probe_rows_show_pretrained_against_random_encoders():
         {'encoder': 'random', 'seed': 1, 'train_split': 'train_1pct', 'study_auroc': 0.6,
          'study_auroc_ci': [0.5, 0.7], 'num_train_images': 21}]}
     rows = report.probe_rows([probe])
-    assert rows[1] == ['mura/elbow/1.1.0', '1%', '21', '0.800 [0.70, 0.90]', '0.550 ± 0.071 (2)', '+0.250']
+    assert rows[1] == ['mura/elbow/1.1.0', '?', '1%', '21', '0.800 [0.70, 0.90]', '0.550 ± 0.071 (2)',
+                       '+0.250']
+    probe['checkpoint'] = '/runs/pretrain_micle_elbow/ckpt-120'
+    assert report.probe_rows([probe])[1][1] == 'pretrain_micle_elbow'
     text = report.to_markdown(pd.DataFrame(), probes=[probe])
     assert 'Frozen-feature probe' in text and '+0.250' in text

@@ -11,7 +11,9 @@ small enough for a CPU. `cpu` is the learning study of docs/learning.md on a 2-c
 `cpu_*` flagfiles, and after pretraining the frozen-feature probe (`simclr_mura.probe`, against
 random encoders), linear evaluation, fine-tuning and the same fine-tuning from a random
 initialisation (`--allow_random_init`, which isolates what pretraining contributes) at 1/10/100%,
-each with the seeds of `SEEDS`, then the baseline at 1/10/100% once.
+each with the seeds of `SEEDS`, then the baseline at 1/10/100% once; then MICLe (the same
+pretraining with `--positive_pairs=study_views`), its probe, linear evaluation and fine-tuning at
+1% and 10%.
 
 A run whose model_dir holds its result file (`result.json`; the probe's `probe.json`) is finished
 and skipped (run.py writes it only after
@@ -95,13 +97,15 @@ def _cpu_part_runs(part: str, data_dir: str, model_root: str) -> List[GridRun]:
                      '--eval_split=test', f'--dataset=mura/{part}', *extra)
         return GridRun(name, _flagfile(flagfile), overrides)
 
+    def probe(name, pretrain_dir):
+        return GridRun(name, None, (
+            f'--checkpoint={pretrain_dir}', f'--data_dir={data_dir}', f'--dataset=mura/{part}',
+            '--eval_split=test', f'--seeds={",".join(map(str, SEEDS))}',
+            f'--out={os.path.join(model_root, name)}'),
+            module='simclr_mura.probe', result_file=run_files.PROBE)
+
     pretrain_dir = os.path.join(model_root, f'pretrain_{part}')
-    runs = [run(f'pretrain_{part}', 'cpu_pretrain')]
-    runs.append(GridRun(f'probe_{part}', None, (
-        f'--checkpoint={pretrain_dir}', f'--data_dir={data_dir}', f'--dataset=mura/{part}',
-        '--eval_split=test', f'--seeds={",".join(map(str, SEEDS))}',
-        f'--out={os.path.join(model_root, f"probe_{part}")}'),
-        module='simclr_mura.probe', result_file=run_files.PROBE))
+    runs = [run(f'pretrain_{part}', 'cpu_pretrain'), probe(f'probe_{part}', pretrain_dir)]
     for seed in SEEDS:
         runs.append(run(f'lineareval_{part}_seed{seed}', 'cpu_lineareval', f'--seed={seed}',
                         f'--checkpoint={pretrain_dir}'))
@@ -113,6 +117,18 @@ def _cpu_part_runs(part: str, data_dir: str, model_root: str) -> List[GridRun]:
                             f'--seed={seed}', '--allow_random_init'))
     for percent, _ in FRACTIONS:
         runs.append(run(f'baseline_{percent}pct_{part}', f'cpu_baseline_{percent}pct'))
+    # MICLe: the same pretraining with two views of a study as the positive pair, then the probe,
+    # linear evaluation and fine-tuning at 1% and 10%.
+    micle_dir = os.path.join(model_root, f'pretrain_micle_{part}')
+    runs += [run(f'pretrain_micle_{part}', 'cpu_pretrain', '--positive_pairs=study_views'),
+             probe(f'probe_micle_{part}', micle_dir)]
+    for seed in SEEDS:
+        runs.append(run(f'lineareval_micle_{part}_seed{seed}', 'cpu_lineareval', f'--seed={seed}',
+                        f'--checkpoint={micle_dir}'))
+    for percent in (1, 10):
+        for seed in SEEDS:
+            runs.append(run(f'finetune_micle_{percent}pct_{part}_seed{seed}',
+                            f'cpu_finetune_{percent}pct', f'--seed={seed}', f'--checkpoint={micle_dir}'))
     return runs
 
 

@@ -34,7 +34,11 @@ from simclr_mura.study import run_files
 
 BASELINE_NAME = figures.BASELINE
 PRETRAIN_NAME = 'SimCLR pretrain (linear-eval head)'
-_METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, figures.RANDOM_INIT, figures.LINEAR, PRETRAIN_NAME)
+# Runs pretrained, or fine-tuned from a pretraining, with --positive_pairs=study_views.
+MICLE_PREFIX = 'MICLe '
+_METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, MICLE_PREFIX + figures.FINETUNE, figures.RANDOM_INIT,
+                 figures.LINEAR, MICLE_PREFIX + figures.LINEAR, PRETRAIN_NAME,
+                 MICLE_PREFIX + PRETRAIN_NAME)
 LEVELS = ('study', 'image')
 PROBE_FILE = run_files.PROBE  # Written by simclr_mura.probe.
 METRICS = (('acc', 'accuracy'), ('precision', 'precision'), ('recall', 'recall'), ('F1', 'f1'),
@@ -66,19 +70,35 @@ def notes(num_resamples: int) -> str:
     return _NOTES.format(resamples=f'{num_resamples:,}')
 
 
-def method_name(settings: Dict) -> str:
+def method_name(settings: Dict, pretraining: Optional[Dict] = None) -> str:
     """How a run is named in tables: the DenseNet baseline, SimCLR pretrain+linear eval, fine-tune,
-    or linear eval."""
+    or linear eval; prefixed 'MICLe ' when the run, or the pretraining it started from
+    (`pretraining`: that run's settings), paired views of a study."""
     if settings.get('train_mode') == 'baseline':
         return BASELINE_NAME
+    source = settings if settings.get('train_mode') == 'pretrain' else (pretraining or {})
+    prefix = MICLE_PREFIX if source.get('positive_pairs') == 'study_views' else ''
     if settings.get('train_mode') == 'pretrain':
-        return PRETRAIN_NAME
+        return prefix + PRETRAIN_NAME
     if settings.get('train_mode') == 'finetune':
         if settings.get('fine_tune_after_block') == 4:
-            return figures.LINEAR
+            return prefix + figures.LINEAR
         # --allow_random_init without --checkpoint: the fine-tuning recipe with nothing pretrained.
-        return figures.FINETUNE if settings.get('checkpoint') else figures.RANDOM_INIT
+        return prefix + figures.FINETUNE if settings.get('checkpoint') else figures.RANDOM_INIT
     return str(settings.get('train_mode', '?'))
+
+
+def pretraining_settings(checkpoint: Optional[str], model_root: str) -> Optional[Dict]:
+    """The flags.json of the run a fine-tune started from (`--checkpoint`: a run directory or a
+    checkpoint prefix in it), found where it was or, for runs copied here, below `model_root`."""
+    if not checkpoint:
+        return None
+    for run_dir in (checkpoint, os.path.dirname(checkpoint.rstrip('/'))):
+        for where in (run_dir, os.path.join(model_root, os.path.basename(run_dir.rstrip('/')))):
+            settings = _read_json(os.path.join(where, run_files.FLAGS)) if where else None
+            if settings and settings.get('train_mode') == 'pretrain':
+                return settings
+    return None
 
 
 def seed_numbers(part: str, method: str, percent: float):
@@ -130,7 +150,8 @@ class Run:
         self.predictions = read_predictions(run_dir, self.result)
         dataset = str(self.settings.get('dataset', ''))
         self.part = dataset.split('/', 1)[1] if '/' in dataset else (dataset or '?')
-        self.method = method_name(self.settings)
+        self.method = method_name(self.settings,
+                                  pretraining_settings(self.settings.get('checkpoint'), model_root))
         split = str(self.settings.get('train_split', ''))
         self.percent = LABEL_PERCENT.get(split, math.nan)
 
@@ -260,7 +281,7 @@ def find_probes(model_root: str) -> List[Dict]:
 def probe_rows(probes: List[Dict]) -> List[List[str]]:
     """The probe table (header first): per dataset and training split, the pretrained encoder's
     study AUROC with its CI beside the random encoders' mean ± sd over seeds."""
-    rows = [['dataset', 'labels', 'n train', 'pretrained: study AUROC [95% CI]',
+    rows = [['dataset', 'encoder', 'labels', 'n train', 'pretrained: study AUROC [95% CI]',
              'random init: study AUROC mean ± sd (seeds)', 'difference']]
     for result in probes:
         table = pd.DataFrame(result.get('rows', []))
@@ -278,7 +299,10 @@ def probe_rows(probes: List[Dict]) -> List[List[str]]:
                 if len(random):
                     difference = f'{first["study_auroc"] - random.mean():+.3f}'
             spread = '' if len(random) < 2 else f' ± {random.std():.3f}'
-            rows.append([str(result.get('dataset', '?')), f'{percent}%' if percent else split,
+            checkpoint = str(result.get('checkpoint', ''))
+            rows.append([str(result.get('dataset', '?')),
+                         os.path.basename(os.path.dirname(checkpoint)) or '?',
+                         f'{percent}%' if percent else split,
                          str(int(group['num_train_images'].iloc[0])),
                          cell, f'{random.mean():.3f}{spread} ({len(random)})' if len(random) else '-',
                          difference])
