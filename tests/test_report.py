@@ -23,6 +23,7 @@ import tiny_mura
 import tiny_runs
 from simclr_mura import main
 from simclr_mura.study import explore
+from simclr_mura.study import probe_table
 from simclr_mura.study import report
 
 PART_FIGURES = ('label_efficiency', 'roc', 'confusion', 'training', 'gallery')
@@ -251,10 +252,10 @@ def test_probe_rows_show_pretrained_against_random_encoders():
          'study_auroc_ci': [0.4, 0.6], 'num_train_images': 21},
         {'encoder': 'random', 'seed': 1, 'train_split': 'train_1pct', 'study_auroc': 0.6,
          'study_auroc_ci': [0.5, 0.7], 'num_train_images': 21}]}
-    rows = report.probe_rows([probe])
+    rows = probe_table.probe_rows([probe])
     assert rows[1] == ['mura/elbow/1.1.0', '?', '1%', '21', '0.800 [0.70, 0.90]', '0.550 ± 0.071 (2)',
                        '+0.250']
     probe['checkpoint'] = '/runs/pretrain_micle_elbow/ckpt-120'
-    assert report.probe_rows([probe])[1][1] == 'pretrain_micle_elbow'
+    assert probe_table.probe_rows([probe])[1][1] == 'pretrain_micle_elbow'
     text = report.to_markdown(pd.DataFrame(), probes=[probe])
     assert 'Frozen-feature probe' in text and '+0.250' in text

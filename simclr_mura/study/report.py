@@ -30,6 +30,7 @@ from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura.study import figures
 from simclr_mura.study import html_page
+from simclr_mura.study import probe_table
 from simclr_mura.study import run_files
 
 BASELINE_NAME = figures.BASELINE
@@ -40,10 +41,9 @@ _METHOD_ORDER = (BASELINE_NAME, figures.FINETUNE, MICLE_PREFIX + figures.FINETUN
                  figures.LINEAR, MICLE_PREFIX + figures.LINEAR, PRETRAIN_NAME,
                  MICLE_PREFIX + PRETRAIN_NAME)
 LEVELS = ('study', 'image')
-PROBE_FILE = run_files.PROBE  # Written by simclr_mura.probe.
 METRICS = (('acc', 'accuracy'), ('precision', 'precision'), ('recall', 'recall'), ('F1', 'f1'),
            ('AUROC', 'auroc'), ('kappa', 'kappa'))
-LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
+LABEL_PERCENT = run_files.LABEL_PERCENT
 # The MURA paper's DenseNet-169 kappa on its test set (final version; docs/mura.md section 4).
 PAPER_KAPPA = {'elbow': 0.710, 'finger': 0.389, 'forearm': 0.737, 'hand': 0.851, 'humerus': 0.600,
                'shoulder': 0.729, 'wrist': 0.931, 'all': 0.705}
@@ -267,48 +267,6 @@ def seed_rows(table: pd.DataFrame) -> List[List[str]]:
     return rows
 
 
-def find_probes(model_root: str) -> List[Dict]:
-    """Every probe.json below `model_root` (written by `simclr_mura.probe`)."""
-    found = []
-    for directory, _, files in sorted(tf.io.gfile.walk(model_root)):
-        if PROBE_FILE in files:
-            result = _read_json(os.path.join(directory, PROBE_FILE))
-            if result:
-                found.append(result)
-    return found
-
-
-def probe_rows(probes: List[Dict]) -> List[List[str]]:
-    """The probe table (header first): per dataset and training split, the pretrained encoder's
-    study AUROC with its CI beside the random encoders' mean ± sd over seeds."""
-    rows = [['dataset', 'encoder', 'labels', 'n train', 'pretrained: study AUROC [95% CI]',
-             'random init: study AUROC mean ± sd (seeds)', 'difference']]
-    for result in probes:
-        table = pd.DataFrame(result.get('rows', []))
-        if table.empty:
-            continue
-        for split, group in table.groupby('train_split', sort=False):
-            pretrained = group[group['encoder'] == 'pretrained']
-            random = group[group['encoder'] == 'random']['study_auroc'].astype(float)
-            percent = LABEL_PERCENT.get(split)
-            cell, difference = '-', '-'
-            if len(pretrained):
-                first = pretrained.iloc[0]
-                low, high = first['study_auroc_ci']
-                cell = f'{first["study_auroc"]:.3f} [{low:.2f}, {high:.2f}]'
-                if len(random):
-                    difference = f'{first["study_auroc"] - random.mean():+.3f}'
-            spread = '' if len(random) < 2 else f' ± {random.std():.3f}'
-            checkpoint = str(result.get('checkpoint', ''))
-            rows.append([str(result.get('dataset', '?')),
-                         os.path.basename(os.path.dirname(checkpoint)) or '?',
-                         f'{percent}%' if percent else split,
-                         str(int(group['num_train_images'].iloc[0])),
-                         cell, f'{random.mean():.3f}{spread} ({len(random)})' if len(random) else '-',
-                         difference])
-    return rows
-
-
 def _markdown_table(rows: List[List[str]]) -> List[str]:
     return (['| ' + ' | '.join(rows[0]) + ' |', '|' + '|'.join('---' for _ in rows[0]) + '|']
             + ['| ' + ' | '.join(r) + ' |' for r in rows[1:]])
@@ -325,7 +283,7 @@ def to_markdown(table: pd.DataFrame, num_resamples: int = 1000,
         parts += ['### Mean over seeds\n', *_markdown_table(seed_rows(table)), '']
     if probes:
         parts += ['### Frozen-feature probe (logistic regression on the encoder\'s features)\n',
-                  *_markdown_table(probe_rows(probes)), '']
+                  *_markdown_table(probe_table.probe_rows(probes)), '']
     for level, rows in (markdown_tables(table).items() if not table.empty else ()):
         parts.append(f'### {level.capitalize()} level\n')
         parts.append('| ' + ' | '.join(rows[0]) + ' |')
@@ -499,7 +457,7 @@ def write_report(model_root: str, out: str, data_dir: Optional[str] = None,
                  num_resamples: int = 1000) -> pd.DataFrame:
     """Writes results.csv/md, the figures and index.html to `out`; returns the table."""
     runs = find_runs(model_root)
-    probes = find_probes(model_root)
+    probes = probe_table.find_probes(model_root)
     table = collect(model_root, data_dir, runs, num_resamples)
     tf.io.gfile.makedirs(out)
     io_util.write_text_atomic(os.path.join(out, 'results.csv'), table.to_csv(index=False))
@@ -510,7 +468,7 @@ def write_report(model_root: str, out: str, data_dir: Optional[str] = None,
     if runs and (seed_summary(table)['runs'] > 1).any():
         tables['Mean over seeds'] = seed_rows(table)
     if probes:
-        tables['Frozen-feature probe'] = probe_rows(probes)
+        tables['Frozen-feature probe'] = probe_table.probe_rows(probes)
     tables.update(markdown_tables(table) if runs else {})
     section = html_page.results_section(tables, notes(num_resamples), written, out)
     html_page.write_section(out, 'results', section)
@@ -528,7 +486,7 @@ def main(argv):
               'holding the run directories', file=sys.stderr)
         return 1
     table = write_report(FLAGS.model_root, FLAGS.out, FLAGS.data_dir, FLAGS.bootstrap_resamples)
-    print(to_markdown(table, FLAGS.bootstrap_resamples, find_probes(FLAGS.model_root)))
+    print(to_markdown(table, FLAGS.bootstrap_resamples, probe_table.find_probes(FLAGS.model_root)))
     print(f'\nwrote {os.path.join(FLAGS.out, "results.md")}, results.csv, figures/ and '
           f'{os.path.join(FLAGS.out, "index.html")}')
     return 0

@@ -10,6 +10,8 @@ RESULT = 'result.json'  # The newest evaluation's result (overwritten by each ev
 PROBE = 'probe.json'  # The frozen-feature probe's result (`simclr_mura.probe`).
 FLAGS = 'flags.json'  # The run's settings (`Config.to_dict`).
 SUMMARIES_GLOB = 'events.out.tfevents.*'  # TensorBoard summaries (training and evaluation).
+# The share of the labels a run's --train_split holds (the builder's nested subsets).
+LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
 
 
 def result_at_step(step: int) -> str:
