@@ -46,7 +46,12 @@ class StudyTable:
 
     @property
     def starts(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        return study_starts(self.sizes)
+
+
+def study_starts(sizes: np.ndarray) -> np.ndarray:
+    """The first row of each study in a table whose studies have `sizes` rows, in order."""
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
 
 
 def read_studies(builder: tfds.core.DatasetBuilder, split: str, pipeline_id: int = 0,
@@ -71,7 +76,7 @@ def plan_epoch(sizes: np.ndarray, seed: int, epoch: int, pipeline_batch: int) ->
     """[pairs, 2] rows of the study table (module docstring): each study once, as two different
     views when it has several; the epoch's last partial `pipeline_batch` is dropped."""
     sizes = np.asarray(sizes, np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    starts = study_starts(sizes)
     rng = np.random.default_rng([PAIR_PLAN_STREAM, seed, epoch])
     order = rng.permutation(len(sizes))
     size = sizes[order]

@@ -31,6 +31,8 @@ def probe_rows(probes: List[Dict]) -> List[List[str]]:
         table = pd.DataFrame(result.get('rows', []))
         if table.empty:
             continue
+        # The probed encoder's run: <run>/ckpt-<step> -> <run>.
+        encoder = os.path.basename(os.path.dirname(str(result.get('checkpoint', '')))) or '?'
         for split, group in table.groupby('train_split', sort=False):
             pretrained = group[group['encoder'] == 'pretrained']
             random = group[group['encoder'] == 'random']['study_auroc'].astype(float)
@@ -43,10 +45,7 @@ def probe_rows(probes: List[Dict]) -> List[List[str]]:
                 if len(random):
                     difference = f'{first["study_auroc"] - random.mean():+.3f}'
             spread = '' if len(random) < 2 else f' ± {random.std():.3f}'
-            checkpoint = str(result.get('checkpoint', ''))
-            rows.append([str(result.get('dataset', '?')),
-                         os.path.basename(os.path.dirname(checkpoint)) or '?',
-                         f'{percent}%' if percent else split,
+            rows.append([str(result.get('dataset', '?')), encoder, f'{percent}%' if percent else split,
                          str(int(group['num_train_images'].iloc[0])),
                          cell, f'{random.mean():.3f}{spread} ({len(random)})' if len(random) else '-',
                          difference])
