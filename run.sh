@@ -2,7 +2,8 @@
 # simclr-mura experiment driver.
 #
 #   bash run.sh demo            synthetic MURA (one body part) -> TFDS build -> grid --preset demo for that
-#                               part -> report + data exploration in WORK_DIR/report (prints index.html)
+#                               part -> Grad-CAM maps of the 100% rows -> report + data exploration in
+#                               WORK_DIR/report (prints index.html)
 #   bash run.sh grid [--parts elbow,hand,shoulder] [--preset demo|cpu|gpu] [--data_dir D] [--model_root M]
 #                               per part: SimCLR pretrain, fine-tune 1/10/100%, linear eval, DenseNet-169
 #                               baseline 1/10/100%, all evaluated on test; finished runs are skipped and
@@ -108,6 +109,14 @@ cmd_demo() {
   fi
   cmd_build --manual_dir "$manual" --data_dir "$data" --config "$DEMO_PART"
   cmd_grid --preset demo --parts "$DEMO_PART" --data_dir "$data" --model_root "$runs"
+  # Where the 100% models look, and how often their maps peak on the sign the generator drew.
+  local run signs=()
+  # A tree written before the generator recorded its signs has no signs file: maps only.
+  [[ -f "$manual/synthetic_signs.csv" ]] && signs=(--signs "$manual/synthetic_signs.csv")
+  for run in "$runs/finetune_100pct_$DEMO_PART" "$runs/baseline_100pct_$DEMO_PART"; do
+    say "class activation maps: python -m simclr_mura.gradcam --run $run ${signs[*]}"
+    python -m simclr_mura.gradcam --run "$run" "${signs[@]}"
+  done
   say "report and data exploration (synthetic data): $out"
   python -m simclr_mura.study.report --model_root "$runs" --out "$out" --data_dir "$data"
   python -m simclr_mura.study.explore --data_dir "$data" --out "$out" --dataset "mura/$DEMO_PART"
@@ -132,7 +141,7 @@ cmd_test() {
   python -m pytest "$@"
 }
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 main() {
   local cmd="${1:-}"

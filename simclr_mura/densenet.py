@@ -45,7 +45,7 @@ DenseNet's: momentum 0.99, epsilon 1.001e-5, per replica). `--checkpoint` is ref
 """
 import functools
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHITECTURE = 'DenseNet-169 baseline (tf_keras.applications.DenseNet169, avg pooling, 1 sigmoid logit)'
 # What the SavedModel's __call__ returns (the SimCLR export's ResNet block outputs do not exist here).
 EXPORT_OUTPUTS = ('final_avg_pool', 'logits_sup')
+# DenseNet-169's last layer before the pooling: the final batch norm's ReLU (tf_keras names it so).
+FINAL_FEATURE_MAP = 'relu'
 PLATEAU_FACTOR = 0.1
 PROBABILITY_EPSILON = 1e-7  # As Keras' binary cross-entropy on probabilities.
 # Keras' ImageNet weights of DenseNet-169 without the classifier (as tf_keras.applications uses).
@@ -69,6 +71,16 @@ IMAGENET_WEIGHTS_FILE = 'densenet169_weights_tf_dim_ordering_tf_kernels_notop.h5
 IMAGENET_WEIGHTS_URL = ('https://storage.googleapis.com/tensorflow/keras-applications/densenet/'
                         + IMAGENET_WEIGHTS_FILE)
 IMAGENET_WEIGHTS_MD5 = 'b8c4d4c20dd625c148057b9ff1c1176b'
+
+
+def _normalise(images: tf.Tensor) -> tf.Tensor:
+    """RGB images in [0, 1] -> the ImageNet-normalised input of Keras' DenseNet-169."""
+    if images.shape[-1] != 3:
+        raise ValueError(f'The baseline takes 3-channel images (grey tiled to RGB) in [0, 1], got '
+                         f'shape {images.shape}.')
+    mean = tf.constant(IMAGENET_MEAN, tf.float32)
+    std = tf.constant(IMAGENET_STD, tf.float32)
+    return (tf.cast(images, tf.float32) - mean) / std
 
 
 class BaselineModel(tf_keras.Model):
@@ -95,18 +107,23 @@ class BaselineModel(tf_keras.Model):
 
     def named_outputs(self, inputs, training: bool = False) -> Dict[str, tf.Tensor]:
         """{'final_avg_pool': pooled DenseNet features [B, 1664], 'logits_sup': logits [B, 1]}."""
-        if inputs.shape[-1] != 3:
-            raise ValueError(f'The baseline takes 3-channel images (grey tiled to RGB) in [0, 1], got '
-                             f'shape {inputs.shape}.')
-        mean = tf.constant(IMAGENET_MEAN, tf.float32)
-        std = tf.constant(IMAGENET_STD, tf.float32)
-        normalised = (tf.cast(inputs, tf.float32) - mean) / std
-        features = self.backbone(normalised, training=training)
+        features = self.backbone(_normalise(inputs), training=training)
         return {'final_avg_pool': features,
                 'logits_sup': self.supervised_head(features, training=training)}
 
     def call(self, inputs, training=None):
         return None, self.named_outputs(inputs, bool(training))['logits_sup']
+
+    def feature_map_outputs(self, inputs) -> Tuple[tf.Tensor, tf.Tensor]:
+        """(DenseNet-169's last feature map [B, h, w, 1664] before its average pooling, logits) in
+        inference mode: with a global average pool and one dense layer, its Grad-CAM is the MURA
+        paper's class activation map (`gradcam.py`)."""
+        # A view of the backbone's own layers, built per call and not kept: as an attribute it
+        # would add a second path to the same variables in every checkpoint.
+        with_map = tf_keras.Model(self.backbone.input, [self.backbone.get_layer(FINAL_FEATURE_MAP).output,
+                                                        self.backbone.output])
+        feature_map, features = with_map(_normalise(inputs), training=False)
+        return feature_map, self.supervised_head(features, training=False)
 
     def weight_decay_variables(self):
         """Trainable variables except batch-norm scales and offsets (for `model.add_weight_decay`)."""

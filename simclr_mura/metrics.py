@@ -199,3 +199,25 @@ def bootstrap_ci(df: pd.DataFrame, level: str = 'study', num_resamples: int = 10
         out[name] = ((float(np.percentile(found, tail)), float(np.percentile(found, 100 - tail)))
                      if len(found) else (math.nan, math.nan))
     return out
+
+
+def confident_examples(predictions: pd.DataFrame, per_kind: int = 4) -> pd.DataFrame:
+    """The `per_kind` most confident right and most confident wrong image predictions, with a
+    'kind' column ('correct' / 'wrong'), most confident first."""
+    table = predictions.copy()
+    table['confidence'] = (table['probability'] - 0.5).abs()
+    table['correct'] = (table['probability'] > THRESHOLD).astype(int) == table['label']
+    table = table.sort_values(['confidence', 'image_id'], ascending=[False, True])
+    right = table[table['correct']].head(per_kind).assign(kind='correct')
+    wrong = table[~table['correct']].head(per_kind).assign(kind='wrong')
+    return pd.concat([right, wrong], ignore_index=True)
+
+
+def proportion_ci(successes: int, trials: int, z: float = 1.959964) -> Tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion `successes / trials`."""
+    if trials <= 0:
+        return math.nan, math.nan
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)

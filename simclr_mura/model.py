@@ -6,7 +6,7 @@ arguments instead of absl flags, and with the original's head bugs fixed:
 supervised head (also when restoring a checkpoint whose head has another class count, see
 `checkpoints.initialize_from_checkpoint`). Checkpoint object paths are identical to the original's.
 """
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 import tf_keras
@@ -246,6 +246,21 @@ class Model(tf_keras.Model):
         _, endpoints = self._forward(inputs, training, return_endpoints=True)
         return endpoints
 
+    def feature_map_outputs(self, inputs) -> Tuple[tf.Tensor, tf.Tensor]:
+        """(the last block group's feature map [B, h, w, C], logits_sup) in inference mode: what a
+        class activation map weighs (`gradcam.py`); needs a supervised head."""
+        if self.supervised_head is None:
+            raise ValueError('This model has no supervised head (a pretraining run without linear '
+                             'evaluation): class activation maps need a classifier.')
+        if view_channels(inputs.shape) == 1:
+            inputs = tf.tile(inputs, [1, 1, 1, 3])
+        # The head is applied here to the returned feature map (the pooling is the ResNet's own
+        # mean), without the training-time stop_gradient of --fine_tune_after_block=4, so the
+        # score's gradient reaches the map.
+        feature_map = self.resnet_model(inputs, training=False, return_endpoints=True)['block_group4']
+        _, head_input = self._projection_head(tf.reduce_mean(feature_map, [1, 2]), training=False)
+        return feature_map, self.supervised_head(head_input, training=False)
+
     def _forward(self, inputs, training, return_endpoints: bool, blur_seed=None):
         training = bool(training)
         pretrain = self.train_mode == 'pretrain'
@@ -326,6 +341,14 @@ def add_weight_decay(model: tf_keras.Model, optimizer_name: str,
     if not variables:
         return tf.constant(0.0)
     return weight_decay * tf.add_n([tf.nn.l2_loss(v) for v in variables])
+
+
+def abnormal_log_odds(logits: tf.Tensor) -> tf.Tensor:
+    """log(p / (1 - p)) of 'abnormal' per row, from the logits as `abnormal_probability` reads
+    them: logits[:, 1] - logits[:, 0] for a 2-way head, the logit itself for a 1-logit head."""
+    if logits.shape[-1] == 1:
+        return logits[:, 0]
+    return logits[:, 1] - logits[:, 0]
 
 
 def abnormal_probability(logits: tf.Tensor) -> tf.Tensor:

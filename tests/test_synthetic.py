@@ -242,3 +242,48 @@ def test_sign_position_stays_within_the_sign_radius():
         t = si.sign_position(bone, where)
         assert 0.1 + 0.75 * t <= si.SIGN_RADIUS + 1e-9
     assert si.sign_position((0.5, 0.5, 0.9, 0.9, 0.05), 0.5) == 0.0  # nearest end when out of reach
+
+
+@pytest.mark.parametrize('part', ['elbow', 'hand', 'shoulder'])
+def test_sign_box_holds_the_sign_the_view_draws(part):
+    """An implant changes the view only inside its box (the rest of the view draws the same
+    pixels); a fracture's box holds the gap where the bone went dark."""
+    from tfds_mura import synthetic_images as si
+    seen = collections.Counter()
+    for study in range(16):
+        sign = si.draw_study_sign(np.random.default_rng([study, 1]), True, 1.0 + study % 3)
+        normal = si.render_view(part, (study,), None, np.random.default_rng([study, 2]))
+        abnormal = si.render_view(part, (study,), sign, np.random.default_rng([study, 2]))
+        box = si.sign_box(part, (study,), sign, np.random.default_rng([study, 2]))
+        assert si.sign_box(part, (study,), None, np.random.default_rng([study, 2])) is None
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= normal.shape[1] and 0 <= y0 < y1 <= normal.shape[0]
+        # The box is the sign, not the view: a small share of the image.
+        assert (x1 - x0) * (y1 - y0) < 0.2 * normal.size, (part, study, box)
+        inside = np.zeros(normal.shape, bool)
+        inside[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = True  # the bilinear upsampling spreads a pixel
+        change = abnormal.astype(int) - normal.astype(int)
+        seen[sign.kind] += 1
+        if sign.kind == 'implant':
+            assert (np.abs(change) > 0).sum() > 20
+            assert not np.any(np.abs(change[~inside]) > 0), (part, study)
+        else:
+            assert (change[inside] < -40).sum() > 5, (part, study)  # the dark gap
+    assert seen['implant'] and seen['fracture']
+
+
+def test_signs_file_lists_every_abnormal_image_with_its_box(small_tree):
+    out, summary = small_tree
+    rows = open(os.path.join(out, 'a', synthetic.SIGNS_FILE)).read().splitlines()
+    assert rows[0] == ','.join(synthetic.SIGNS_COLUMNS)
+    boxes = {}
+    for row in rows[1:]:
+        image_id, kind, *box = row.split(',')
+        assert kind in ('fracture', 'implant')
+        boxes[image_id] = tuple(int(v) for v in box)
+    abnormal = {f'{s.path}/image{v}.png' for s in summary.studies if s.abnormal
+                for v in range(1, s.views + 1)}
+    assert set(boxes) == abnormal
+    for image_id, (x0, y0, x1, y1) in boxes.items():
+        width, height = Image.open(os.path.join(summary.root, image_id)).size
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height

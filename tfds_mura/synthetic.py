@@ -3,6 +3,10 @@
 ``python -m tfds_mura.synthetic --out DIR [--scale S] [--parts elbow,hand] [--seed N] [--quirks]``
 writes ``DIR/MURA-v1.1/`` laid out exactly like the real release: the four header-less
 CSVs and ``train|valid/XR_<PART>/patientNNNNN/studyK_positive|negative/imageM.png``.
+Beside it, ``DIR/synthetic_signs.csv`` (not part of MURA) says where each abnormal image's sign
+was drawn: image_id (the path relative to MURA-v1.1/, as the dataset's image_id), kind
+(fracture/implant) and the box x0, y0, x1, y1 in pixels of the image (x1, y1 exclusive); the
+class-activation-map check (`simclr_mura.gradcam --signs`) reads it.
 
 At ``scale=1.0`` the per-part, per-split, per-label image counts equal the real ones
 (36,808 train + 3,197 valid = 40,005 images); smaller scales keep the proportions and at
@@ -186,23 +190,33 @@ def _appledouble(rng: np.random.Generator) -> bytes:
 _DS_STORE = b'\x00\x00\x00\x01Bud1' + b'\x00' * 6140
 
 
-def _write_study(task) -> List[str]:
-    """Renders and writes every view of one study; returns the views saved as RGB."""
+SIGNS_FILE = 'synthetic_signs.csv'
+SIGNS_COLUMNS = ('image_id', 'kind', 'x0', 'y0', 'x1', 'y1')
+
+
+def _write_study(task) -> Tuple[List[str], List[tuple]]:
+    """Renders and writes every view of one study; returns the views saved as RGB and the
+    rows of ``SIGNS_FILE`` of its views (none for a normal study)."""
     root, study, seed, rgb_fraction, sign_strength = task
     folder = os.path.join(root, study.path)
     os.makedirs(folder, exist_ok=True)
     sign = synthetic_images.draw_study_sign(np.random.default_rng([seed, 9, study.index]), study.abnormal,
                                             sign_strength)
-    rgb = []
+    rgb, signs = [], []
     for view in range(1, study.views + 1):
-        rng = np.random.default_rng([seed, 7, study.index, view])
-        pixels = synthetic_images.render_view(study.part, (seed, 8, study.index), sign, rng)
+        view_seed = [seed, 7, study.index, view]
+        pixels = synthetic_images.render_view(study.part, (seed, 8, study.index), sign,
+                                              np.random.default_rng(view_seed))
         as_rgb = np.random.default_rng([seed, 10, study.index, view]).random() < rgb_fraction
         with open(os.path.join(folder, f'image{view}.png'), 'wb') as f:
             f.write(synthetic_images.encode_png(pixels, rgb=as_rgb))
         if as_rgb:
             rgb.append(f'{study.path}/image{view}.png')
-    return rgb
+        box = synthetic_images.sign_box(study.part, (seed, 8, study.index), sign,
+                                        np.random.default_rng(view_seed))
+        if box is not None:
+            signs.append((f'{study.path}/image{view}.png', sign.kind) + tuple(box))
+    return rgb, signs
 
 
 def _write_csvs(root: str, studies: Sequence[SyntheticStudy]) -> None:
@@ -236,7 +250,7 @@ def _write_quirks(root: str, studies: Sequence[SyntheticStudy], seed: int) -> No
 def write_synthetic_mura(out_dir: str, scale: float = 0.05, parts: Sequence[str] = PARTS, seed: int = 0,
                          quirks: bool = False, rgb_fraction: float = 0.01, workers: int = 2,
                          overwrite: bool = False, sign_strength: float = 1.0) -> SyntheticSummary:
-    """Writes ``out_dir/MURA-v1.1/`` and returns a summary of what was written.
+    """Writes ``out_dir/MURA-v1.1/`` and ``out_dir/synthetic_signs.csv``; returns a summary.
 
     Args:
       out_dir: parent directory; ``MURA-v1.1/`` is created inside it.
@@ -265,10 +279,14 @@ def write_synthetic_mura(out_dir: str, scale: float = 0.05, parts: Sequence[str]
     tasks = [(root, s, seed, rgb_fraction, sign_strength) for s in studies]
     if workers > 1:
         with multiprocessing.get_context('fork').Pool(workers) as pool:
-            rgb_lists = pool.map(_write_study, tasks, chunksize=16)
+            written = pool.map(_write_study, tasks, chunksize=16)
     else:
-        rgb_lists = [_write_study(t) for t in tasks]
+        written = [_write_study(t) for t in tasks]
+    rgb_lists = [rgb for rgb, _ in written]
     _write_csvs(root, studies)
+    with open(os.path.join(out_dir, SIGNS_FILE), 'w', newline='') as f:
+        f.write(','.join(SIGNS_COLUMNS) + '\n')
+        f.writelines(','.join(str(v) for v in row) + '\n' for _, signs in written for row in signs)
     if quirks:
         _write_quirks(root, studies, seed)
     counts = collections.Counter()

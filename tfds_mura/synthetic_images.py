@@ -248,6 +248,70 @@ def _image_size(rng: np.random.Generator) -> Tuple[int, int]:
     return (long_side, short) if rng.random() < 0.85 else (short, long_side)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ViewLayout:
+    """Where one view's anatomy lies on its plate: drawn from the view's rng before any pixel."""
+    height: int
+    width: int
+    unit: float  # Pixels of the half-resolution canvas per shape unit.
+    rotation: float
+    offset: Tuple[float, float]
+    bones: Tuple[Capsule, ...]  # With a fracture's two pieces in place of the broken bone.
+    tissue: Tuple[Capsule, ...]
+    sign_capsules: Tuple[Capsule, ...]  # What the sign consists of (empty for a normal view).
+    implant: Tuple[Capsule, ...]  # The implant's metal (empty unless the sign is an implant).
+
+    @property
+    def canvas(self) -> Tuple[int, int]:
+        return (self.height + 1) // 2, (self.width + 1) // 2
+
+
+def _layout(part: str, anatomy_rng_seed: Sequence[int], sign: Optional[StudySign],
+            rng: np.random.Generator) -> _ViewLayout:
+    anatomy = _anatomy(part, np.random.default_rng(list(anatomy_rng_seed)))
+    height, width = _image_size(rng)
+    h, w = (height + 1) // 2, (width + 1) // 2
+    unit = min(h, w) * rng.uniform(0.75, 1.05)
+    rotation = rng.uniform(-0.45, 0.45)
+    offset = (float(rng.normal(0, 0.06)), float(rng.normal(0, 0.06)))
+    bones, metal, sign_capsules = list(anatomy.bones), [], []
+    if sign is not None:
+        idx = anatomy.long_bones[sign.bone % len(anatomy.long_bones)]
+        if sign.kind == 'fracture':
+            bones = _apply_fracture(bones, idx, sign)
+            # The break: from the end of the first piece to the start of the shifted second one.
+            first, second = bones[idx], bones[idx + 1]
+            sign_capsules = [(first[2], first[3], second[0], second[1], first[4])]
+        else:
+            metal = _implant(bones[idx], sign)
+            sign_capsules = list(metal)
+    tissue = [(x0, y0, x1, y1, r * anatomy.tissue_scale) for x0, y0, x1, y1, r in anatomy.bones]
+    return _ViewLayout(height, width, unit, rotation, offset, tuple(bones), tuple(tissue),
+                       tuple(sign_capsules), tuple(metal))
+
+
+def sign_box(part: str, anatomy_rng_seed: Sequence[int], sign: Optional[StudySign],
+             rng: np.random.Generator) -> Optional[Tuple[int, int, int, int]]:
+    """The box (x0, y0, x1, y1), in pixels of the saved image (x1, y1 exclusive), that holds the
+    sign `render_view` draws for the same arguments (a fresh rng of the same seed); None for a
+    normal view. A fracture's box holds the gap between its two pieces with their rounded ends,
+    an implant's the plate and its screws."""
+    if sign is None:
+        return None
+    layout = _layout(part, anatomy_rng_seed, sign, rng)
+    h, w = layout.canvas
+    # Every pixel the sign touches on the half-resolution canvas the image is drawn on.
+    mask = _render((h, w), layout.sign_capsules, layout.unit, layout.rotation, layout.offset,
+                   profile='metal') > 0
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return None  # The sign lies outside the plate (cannot happen within SIGN_RADIUS).
+    sy, sx = layout.height / h, layout.width / w
+    return (int(math.floor(cols.min() * sx)), int(math.floor(rows.min() * sy)),
+            min(layout.width, int(math.ceil((cols.max() + 1) * sx))),
+            min(layout.height, int(math.ceil((rows.max() + 1) * sy))))
+
+
 def render_view(part: str, anatomy_rng_seed: Sequence[int], sign: Optional[StudySign],
                 rng: np.random.Generator) -> np.ndarray:
     """One radiograph-like uint8 image (H, W) of ``part``.
@@ -255,22 +319,13 @@ def render_view(part: str, anatomy_rng_seed: Sequence[int], sign: Optional[Study
     ``anatomy_rng_seed`` seeds the study-level anatomy (shared by all views of a study);
     ``rng`` drives everything view-specific (size, pose, contrast, noise).
     """
-    anatomy = _anatomy(part, np.random.default_rng(list(anatomy_rng_seed)))
-    height, width = _image_size(rng)
-    h, w = (height + 1) // 2, (width + 1) // 2
-    unit = min(h, w) * rng.uniform(0.75, 1.05)
-    rotation = rng.uniform(-0.45, 0.45)
-    offset = (float(rng.normal(0, 0.06)), float(rng.normal(0, 0.06)))
-    bones, metal = list(anatomy.bones), []
-    if sign is not None:
-        idx = anatomy.long_bones[sign.bone % len(anatomy.long_bones)]
-        if sign.kind == 'fracture':
-            bones = _apply_fracture(bones, idx, sign)
-        else:
-            metal = _implant(bones[idx], sign)
+    layout = _layout(part, anatomy_rng_seed, sign, rng)
+    height, width = layout.height, layout.width
+    h, w = layout.canvas
+    bones, metal, tissue = list(layout.bones), list(layout.implant), list(layout.tissue)
+    unit, rotation, offset = layout.unit, layout.rotation, layout.offset
     if rng.random() < 0.6:
         metal = metal + _marker(rng, w / h)
-    tissue = [(x0, y0, x1, y1, r * anatomy.tissue_scale) for x0, y0, x1, y1, r in anatomy.bones]
     args = ((h, w), unit, rotation, offset)
     tissue_img = _render(args[0], tissue, *args[1:], profile='tissue')
     bone_img = _render(args[0], bones, *args[1:], profile='bone')

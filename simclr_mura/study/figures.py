@@ -144,16 +144,23 @@ def training_curves(series: Dict[str, Dict[str, Tuple[np.ndarray, np.ndarray]]],
 
 
 def gallery(examples: Sequence[Tuple[str, np.ndarray, int, Optional[float]]], title: str, path: str,
-            columns: int = 4) -> str:
+            columns: int = 4, overlays: Optional[Sequence[Optional[np.ndarray]]] = None) -> str:
     """Images with their label and predicted probability; `examples`: (heading, HxW[x1] uint8
     image, label, probability of abnormal or None for no prediction). Rows fill in the order given;
-    a correct prediction is titled in green, a wrong one in red."""
+    a correct prediction is titled in green, a wrong one in red. `overlays[k]`, if given and not
+    None, is a map in [0, 1] of any size drawn over image k (stretched to it, bilinear)."""
     rows = max(1, math.ceil(len(examples) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis('off')
-    for ax, (heading, image, label, probability) in zip(axes.flat, examples):
-        ax.imshow(np.squeeze(image), cmap='gray', vmin=0, vmax=255)
+    overlays = list(overlays or []) + [None] * len(examples)
+    for ax, (heading, image, label, probability), overlay in zip(axes.flat, examples, overlays):
+        image = np.squeeze(image)
+        ax.imshow(image, cmap='gray', vmin=0, vmax=255)
+        if overlay is not None:
+            height, width = image.shape[:2]
+            ax.imshow(overlay, cmap='jet', alpha=0.35, vmin=0, vmax=1, interpolation='bilinear',
+                      extent=(-0.5, width - 0.5, height - 0.5, -0.5))
         truth = 'abnormal' if label else 'normal'
         if probability is None:
             ax.set_title(f'{heading}\n{truth}', fontsize=8)

@@ -8,8 +8,9 @@ elsewhere and copied back. Writes to `R`:
   training images, 95% bootstrap CIs (study resampling) of kappa and AUROC, the seed report's
   accuracy/precision/recall for the same row and the MURA paper's model kappa of the part;
 - `figures/`: label efficiency, ROC curves, confusion matrices, training curves and a gallery of
-  confident right and wrong predictions per part (the gallery reads the test images from the TFDS
-  dataset named in the run's flags.json, or `--data_dir`; without it the page says so);
+  confident right and wrong predictions per part (`gallery.py`: the test images from the TFDS
+  dataset named in the run's flags.json, or `--data_dir`, without it the page says so; the run's
+  Grad-CAM maps over them when `simclr_mura.gradcam` made some);
 - `index.html`: the table and every figure on one page (with the data exploration of
   `simclr_mura.study.explore` when it was written to the same folder).
 """
@@ -29,6 +30,7 @@ from tensorflow.core.util import event_pb2
 from simclr_mura import io_util
 from simclr_mura import metrics as metrics_lib
 from simclr_mura.study import figures
+from simclr_mura.study import gallery
 from simclr_mura.study import html_page
 from simclr_mura.study import probe_table
 from simclr_mura.study import run_files
@@ -340,79 +342,6 @@ def training_series(run: Run) -> Dict[str, tuple]:
     return out
 
 
-def _load_images(dataset: str, data_dir: Optional[str], split: str, image_ids) -> Dict[str, np.ndarray]:
-    """The decoded images of `image_ids` from the TFDS split (raises if the data is not there)."""
-    import tensorflow_datasets as tfds
-    import tfds_mura  # noqa: F401  (registers the builder)
-    builder = tfds.builder(dataset, data_dir=data_dir)
-    if not builder.is_prepared():
-        raise FileNotFoundError(f'{dataset} is not built in {data_dir}')
-    wanted = set(image_ids)
-    images = {}
-    for example in builder.as_dataset(split=split, shuffle_files=False).as_numpy_iterator():
-        image_id = example['image_id'].decode('utf-8')
-        if image_id in wanted:
-            images[image_id] = example['image']
-            if len(images) == len(wanted):
-                break
-    return images
-
-
-def short_image_name(image_id: str) -> str:
-    """'valid/XR_ELBOW/patient11186/study1_positive/image2.png' -> 'patient11186 study1 image2'."""
-    pieces = image_id.split('/')[-3:]
-    pieces[-2] = pieces[-2].split('_')[0] if len(pieces) > 1 else pieces[-2]
-    pieces[-1] = os.path.splitext(pieces[-1])[0]
-    return ' '.join(pieces)
-
-
-def confident_examples(predictions: pd.DataFrame, per_kind: int = 4) -> pd.DataFrame:
-    """The `per_kind` most confident right and most confident wrong image predictions, with a
-    'kind' column ('correct' / 'wrong'), most confident first."""
-    table = predictions.copy()
-    table['confidence'] = (table['probability'] - 0.5).abs()
-    table['correct'] = (table['probability'] > metrics_lib.THRESHOLD).astype(int) == table['label']
-    table = table.sort_values(['confidence', 'image_id'], ascending=[False, True])
-    right = table[table['correct']].head(per_kind).assign(kind='correct')
-    wrong = table[~table['correct']].head(per_kind).assign(kind='wrong')
-    return pd.concat([right, wrong], ignore_index=True)
-
-
-def _gallery_run(runs: List[Run]) -> Optional[Run]:
-    """The run the gallery shows: the best study kappa among runs with predictions."""
-    usable = [r for r in runs if r.predictions is not None and len(r.predictions)]
-    if not usable:
-        return None
-    def kappa(run):
-        value = run.result.get('eval/study/overall/kappa')
-        return -2.0 if value is None else float(value)
-    return max(usable, key=lambda r: (kappa(r), r.name))
-
-
-def write_gallery(runs: List[Run], part: str, figure_dir: str,
-                  data_dir: Optional[str]) -> html_page.Figure:
-    """The gallery figure of one part, or a Figure with a note saying why there is none."""
-    run = _gallery_run(runs)
-    title = f'Most confident correct and wrong predictions, {part}'
-    if run is None:
-        return html_page.Figure(title, None, 'No predictions to show.')
-    chosen = confident_examples(run.predictions)
-    source = data_dir or run.settings.get('data_dir')
-    try:
-        images = _load_images(run.settings['dataset'], source, run.result['eval_split'],
-                              chosen['image_id'])
-    except Exception as e:  # Data elsewhere (runs copied back from another machine): say so.
-        return html_page.Figure(title, None, f'Gallery skipped: the images of {run.settings.get("dataset")} '
-                                f'were not found in {source} ({type(e).__name__}: {str(e)[:200]}). '
-                                'Pass --data_dir to show them.')
-    examples = [(f'{row.kind}: {short_image_name(row.image_id)}', images[row.image_id], int(row.label),
-                 float(row.probability)) for row in chosen.itertuples() if row.image_id in images]
-    path = figures.gallery(examples, f'{title} ({run.label}, {run.name})',
-                           os.path.join(figure_dir, f'gallery_{part}.png'))
-    return html_page.Figure(title, path, f'Run {run.name}: first row(s) correct, then wrong '
-                            '(image level, most confident first).')
-
-
 def write_figures(table: pd.DataFrame, runs: List[Run], out: str,
                   data_dir: Optional[str]) -> List[html_page.Figure]:
     """Every figure of the report, per part; returns them in page order."""
@@ -441,7 +370,7 @@ def write_figures(table: pd.DataFrame, runs: List[Run], out: str,
         if series:
             written.append(html_page.Figure(f'Training curves, {part}', figures.training_curves(
                 series, part, os.path.join(figure_dir, f'training_{part}.png'))))
-        written.append(write_gallery(part_runs, part, figure_dir, data_dir))
+        written.append(gallery.write_gallery(part_runs, part, figure_dir, data_dir))
     return written
 
 

@@ -9,6 +9,10 @@ import re
 RESULT = 'result.json'  # The newest evaluation's result (overwritten by each evaluation).
 PROBE = 'probe.json'  # The frozen-feature probe's result (`simclr_mura.probe`).
 FLAGS = 'flags.json'  # The run's settings (`Config.to_dict`).
+# Grad-CAM maps of the gallery's images, and where maps peak against the synthetic signs
+# (`simclr_mura.gradcam`); the report's gallery overlays the maps.
+CLASS_ACTIVATION_MAPS = 'class_activation_maps.npz'
+SIGN_LOCALIZATION = 'sign_localization.json'
 SUMMARIES_GLOB = 'events.out.tfevents.*'  # TensorBoard summaries (training and evaluation).
 # The share of the labels a run's --train_split holds (the builder's nested subsets).
 LABEL_PERCENT = {'train_1pct': 1, 'train_10pct': 10, 'train': 100}
