@@ -201,17 +201,19 @@ def localization(run: LoadedRun, maps: pd.DataFrame, images: Dict[str, tuple],
         mask = sign_view_mask(run, images[row.image_id][0].shape, box)
         if not mask.any():
             continue  # The crop cut the sign off (cannot happen for the generator's signs).
-        per_kind.setdefault(kind, []).append(peak_cell_hit(row.map, mask))
+        per_kind.setdefault(kind, []).append(peak_cell_hit(row.map, mask) + (row.map.max() <= 0,))
     every = [v for values in per_kind.values() for v in values]
     if not every:
         raise ConfigError('none of the mapped images has a sign in the signs file: is it the '
                           "signs file of this run's dataset?")
 
     def summary(values):
-        hits = np.array([hit for hit, _ in values], float)
+        hits = np.array([hit for hit, _, _ in values], float)
         return {'images': len(values), 'peak_on_sign': float(hits.mean()),
+                # Maps with no positive evidence anywhere (all zero) have no peak: counted as misses.
+                'empty_maps': int(sum(1 for _, _, empty in values if empty)),
                 'peak_on_sign_ci': list(metrics_lib.proportion_ci(int(hits.sum()), len(values))),
-                'random_peak': float(np.mean([share for _, share in values]))}
+                'random_peak': float(np.mean([share for _, share, _ in values]))}
     return {'all': summary(every), **{kind: summary(v) for kind, v in sorted(per_kind.items())},
             'map_size': list(maps['map'].iloc[0].shape)}
 
@@ -263,7 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             row = found[kind]
             low, high = row['peak_on_sign_ci']
             print(f'{kind:>9}: peak on the sign in {row["peak_on_sign"]:.3f} [{low:.3f}, {high:.3f}] '
-                  f'of {row["images"]} abnormal images (a random peak: {row["random_peak"]:.3f})')
+                  f'of {row["images"]} abnormal images (a random peak: {row["random_peak"]:.3f}; '
+                  f'{row["empty_maps"]} all-zero maps)')
         print(f'gradcam: wrote {out}')
     logging.info('Done.')
     return 0
