@@ -107,12 +107,12 @@ def load_run(run_dir: str, data_dir: Optional[str] = None) -> LoadedRun:
                           'linear-evaluation or baseline run')
     recipe = recipes.for_config(config)
     model = recipe.build_model(2)
-    checkpoint = result.get('checkpoint') or tf.train.latest_checkpoint(run_dir)
+    checkpoint = result.get('checkpoint')
     if not checkpoint or not tf.io.gfile.exists(checkpoint + '.index'):
-        latest = tf.train.latest_checkpoint(run_dir)
-        if latest is None:
-            raise ConfigError(f'{run_dir} has no checkpoint to map')
-        checkpoint = latest
+        # The evaluated checkpoint was pruned: the newest one (the gallery then skips its maps).
+        checkpoint = tf.train.latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ConfigError(f'{run_dir} has no checkpoint to map')
     step = evaluate_lib.restore_for_eval(model, checkpoint)
     preprocess = recipe.eval_preprocess_fn()
     if preprocess is None:
@@ -148,8 +148,8 @@ def read_split_images(builder, split: str, image_ids: Optional[Sequence[str]] = 
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """uint8 H x W x 1 (the pipeline's input; an RGB radiograph as the builder's grey conversion
-    would see it is not expected here: the builder stores grey images)."""
+    """uint8 H x W x 1, the input the eval preprocessing expects (the builder stores grey images;
+    a 3-channel array keeps its first channel)."""
     return image if image.shape[-1] == 1 else image[..., :1]
 
 
