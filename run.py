@@ -16,7 +16,7 @@ import sys
 
 from simclr_mura import tf_env
 
-tf_env.quiet_tensorflow_logs()  # Before tensorflow is imported (by the imports below).
+tf_env.import_tensorflow()  # Before the imports below import it with its start-up notices.
 
 # pylint: disable=wrong-import-position
 from absl import app

@@ -25,6 +25,27 @@ def test_a_level_set_by_the_user_wins():
     assert tf_env.quiet_tensorflow_logs(environ) == '0' and environ == {'TF_CPP_MIN_LOG_LEVEL': '0'}
 
 
+# Lines as TensorFlow 2.21 writes them while it loads, before absl::InitializeLog().
+_START_UP = (
+    'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n'
+    'I0000 00:00:1796677078.718766   11322 port.cc:153] oneDNN custom operations are on.\n'
+    'I0000 00:00:1796677078.719061   11322 cudart_stub.cc:31] Could not find cuda drivers.\n'
+    'W0000 00:00:1796677078.719061   11322 gpu_device.cc:2342] Cannot dlopen some GPU libraries.\n'
+    'E0000 00:00:1796677317.456063    1920 cuda_platform.cc:52] failed call to cuInit: INTERNAL\n'
+    'F1207 20:58:03.803655 140263689137024 op_kernel.cc:1] Check failed\n'
+    'Traceback (most recent call last):\n'
+    'I0000 is not a log line\n')
+
+
+def test_start_up_filter_drops_absl_lines_below_the_level_and_keeps_the_rest():
+    lines = _START_UP.splitlines(keepends=True)
+    assert tf_env.filter_start_up_lines(_START_UP, '0') == _START_UP
+    assert tf_env.filter_start_up_lines(_START_UP, 'not a number') == _START_UP
+    assert tf_env.filter_start_up_lines(_START_UP, '1') == ''.join([lines[0]] + lines[3:])
+    assert tf_env.filter_start_up_lines(_START_UP, '2') == ''.join(lines[4:])
+    assert tf_env.filter_start_up_lines(_START_UP, '3') == ''.join(lines[5:])
+
+
 @pytest.mark.slow
 def test_cpu_run_of_run_py_has_no_failure_like_startup_lines(tmp_path_factory, tmp_path):
     data_dir = tiny_mura.build(str(tmp_path_factory.getbasetemp() / 'tiny_mura'))
