@@ -6,7 +6,9 @@
 2. build the dataset from `--tfds_manual_dir` if asked, then check the split names and the batch
    sizes against the dataset and the distribution strategy;
 3. build the model under the strategy, then train and/or evaluate (+ export) as the mode says;
-   a training run holds `model_dir`'s run lock (`run_lock.py`) from here to its end.
+   a training run holds `model_dir`'s run lock (`run_lock.py`) from here to its end and writes
+   its settings (`flags.json`) first, so the probe and the report can read a run that only trained
+   or has not finished; each evaluation writes them again beside its result.
 """
 import contextlib
 import dataclasses
@@ -20,12 +22,14 @@ from simclr_mura import config as config_lib
 from simclr_mura import data as data_lib
 from simclr_mura import evaluate as evaluate_lib
 from simclr_mura import export as export_lib
+from simclr_mura import io_util
 from simclr_mura import preemption
 from simclr_mura import recipes
 from simclr_mura import run_lock
 from simclr_mura import schedule
 from simclr_mura import train as train_lib
 from simclr_mura.config import Config, ConfigError
+from simclr_mura.study import run_files
 
 EVAL_POLL_SECONDS = 15  # As the original's checkpoints_iterator in mode=eval.
 
@@ -205,6 +209,9 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     lock = (run_lock.hold(config.model_dir) if training and train_lib.is_chief(strategy)
             else contextlib.nullcontext())
     with lock:
+        if training and train_lib.is_chief(strategy):
+            io_util.write_json_atomic(tf.io.gfile.join(config.model_dir, run_files.FLAGS),
+                                      config.to_dict())
         try:
             return _run_mode(config, builder, strategy)
         except _PEER_ERRORS as e:

@@ -15,6 +15,7 @@ import tiny_mura
 import tiny_runs
 from simclr_mura import checkpoints
 from simclr_mura import data as data_lib
+from simclr_mura import main
 from simclr_mura import probe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +89,21 @@ def test_probe_of_the_tiny_pretraining_run(tmp_path_factory):
                                                64, batch_size=4)['features'])
     np.testing.assert_array_equal(random_features(3), random_features(3))
     assert not np.allclose(random_features(3), random_features(4))
+
+
+@pytest.mark.slow
+def test_a_run_that_only_trained_tells_the_probe_its_architecture(tmp_path_factory, tmp_path):
+    base = str(tmp_path_factory.getbasetemp())
+    data_dir = tiny_mura.build(os.path.join(base, 'tiny_mura'))
+    model_dir = str(tmp_path / 'train_only')
+    config = tiny_runs.base_config(data_dir, model_dir, mode='train', train_mode='pretrain',
+                                   image_size=32, train_steps=1, checkpoint_steps=1)
+    main.run(config, strategy=tiny_runs.strategy(1))
+    assert not os.path.exists(os.path.join(model_dir, 'result.json'))  # no evaluation ran
+    arch = probe.architecture_of(model_dir, {})
+    assert (arch.resnet_depth, arch.image_size) == (18, 32)  # not the flags' ResNet-50 at 224
+    model = probe.build_encoder(arch)
+    checkpoints.initialize_from_checkpoint(model, model_dir, False, arch.describe())
 
 
 def test_cli_writes_probe_json_and_rejects_a_bad_checkpoint(tmp_path_factory, tmp_path):
