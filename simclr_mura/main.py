@@ -6,9 +6,9 @@
 2. build the dataset from `--tfds_manual_dir` if asked, then check the split names and the batch
    sizes against the dataset and the distribution strategy;
 3. build the model under the strategy, then train and/or evaluate (+ export) as the mode says;
-   a training run holds `model_dir`'s run lock (`run_lock.py`) from here to its end and writes
-   its settings (`flags.json`) first, so the probe and the report can read a run that only trained
-   or has not finished; each evaluation writes them again beside its result.
+   a training run holds `model_dir`'s run lock (`run_lock.py`) from here to its end; a new one
+   writes its settings (`flags.json`) first, so the probe and the report can read a run that only
+   trained or has not finished; each evaluation writes them again beside its result.
 """
 import contextlib
 import dataclasses
@@ -209,9 +209,11 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
     lock = (run_lock.hold(config.model_dir) if training and train_lib.is_chief(strategy)
             else contextlib.nullcontext())
     with lock:
-        if training and train_lib.is_chief(strategy):
-            io_util.write_json_atomic(tf.io.gfile.join(config.model_dir, run_files.FLAGS),
-                                      config.to_dict())
+        settings = tf.io.gfile.join(config.model_dir, run_files.FLAGS) if training else None
+        # A resumed run keeps its settings until it evaluates: a resume that then fails (say, on
+        # another architecture than its checkpoint's) must not overwrite them.
+        if settings and train_lib.is_chief(strategy) and not tf.io.gfile.exists(settings):
+            io_util.write_json_atomic(settings, config.to_dict())
         try:
             return _run_mode(config, builder, strategy)
         except _PEER_ERRORS as e:

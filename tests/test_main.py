@@ -128,8 +128,12 @@ def test_resuming_with_another_architecture_names_the_variable(base):
     model_dir, _ = tiny_runs.pretrain_dir(base)
     data_dir = tiny_mura.build(os.path.join(base, 'tiny_mura'))
     before = sorted(os.listdir(model_dir))
+    with open(os.path.join(model_dir, 'flags.json')) as f:
+        settings = f.read()
     config = tiny_runs.base_config(data_dir, model_dir, resnet_depth=34, train_steps=6)
     with pytest.raises(ConfigError, match=r'checkpoint in --model_dir .*ckpt-4 does not match the model '
                                           r'\(resnet_depth=34.*block_groups/0/layers/2/'):
         main.run(config, strategy=tiny_runs.strategy(1))
     assert sorted(os.listdir(model_dir)) == before  # nothing written
+    with open(os.path.join(model_dir, 'flags.json')) as f:
+        assert f.read() == settings  # the run's settings are still its own
