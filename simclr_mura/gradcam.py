@@ -19,6 +19,10 @@ image's sign was drawn), every abnormal image of the split is mapped as well, an
 beside the rate a peak placed at random would reach (the share of the map's cells the sign
 touches, averaged over the images).
 """
+if __name__ == '__main__':  # As a command: TensorFlow's start-up notices filtered (tf_env.py).
+    from simclr_mura import tf_env
+    tf_env.import_tensorflow()
+
 import dataclasses
 import io
 import json

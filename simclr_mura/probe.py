@@ -18,6 +18,10 @@ Writes `probe.json` (one row per encoder x training split x seed, plus the setti
 (default: the checkpoint's run directory) atomically; the report shows it as its own table.
 Architecture settings come from the run's `flags.json` when it has one, else from the flags.
 """
+if __name__ == '__main__':  # As a command: TensorFlow's start-up notices filtered (tf_env.py).
+    from simclr_mura import tf_env
+    tf_env.import_tensorflow()
+
 import dataclasses
 import json
 import math

@@ -62,3 +62,13 @@ def test_cpu_run_of_run_py_has_no_failure_like_startup_lines(tmp_path_factory, t
     assert not [line for line in lines if re.match(r'[EF]\d{4} ', line)], proc.stderr  # C++ ERROR/FATAL
     assert not [line for line in lines if 'cpu_feature_guard' in line], proc.stderr
     assert any('Step 1/1: loss ' in line for line in lines)  # the per-loop progress line stays
+
+
+@pytest.mark.parametrize('module', ['simclr_mura.probe', 'simclr_mura.study.report'])
+def test_package_commands_start_without_failure_like_lines(module):
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    proc = subprocess.run([sys.executable, '-m', module, '--help'], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert 'Try --helpfull' in proc.stdout, proc.stderr  # absl's usage text (it exits with 1)
+    assert not [line for line in proc.stderr.splitlines() if 'oneDNN' in line or 'cuda' in line], \
+        proc.stderr

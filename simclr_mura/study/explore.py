@@ -9,6 +9,10 @@ into the same folder, in either order.
 The dataset is read without decoding images (sizes come from the PNG headers), so this is cheap
 even on the full MURA; only the sample images are decoded.
 """
+if __name__ == '__main__':  # As a command: TensorFlow's start-up notices filtered (tf_env.py).
+    from simclr_mura import tf_env
+    tf_env.import_tensorflow()
+
 import os
 import struct
 import sys

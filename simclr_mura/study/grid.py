@@ -21,6 +21,10 @@ training and evaluation are done); an unfinished one is started again with the s
 where run.py resumes from its newest checkpoint. So an interrupted grid continues where it
 stopped. The grid stops at the first failing run (later runs may depend on it).
 """
+if __name__ == '__main__':  # As a command: TensorFlow's start-up notices filtered (tf_env.py).
+    from simclr_mura import tf_env
+    tf_env.import_tensorflow()
+
 import dataclasses
 import os
 import subprocess

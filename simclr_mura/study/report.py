@@ -14,6 +14,10 @@ elsewhere and copied back. Writes to `R`:
 - `index.html`: the table and every figure on one page (with the data exploration of
   `simclr_mura.study.explore` when it was written to the same folder).
 """
+if __name__ == '__main__':  # As a command: TensorFlow's start-up notices filtered (tf_env.py).
+    from simclr_mura import tf_env
+    tf_env.import_tensorflow()
+
 import json
 import math
 import os
