@@ -1,4 +1,4 @@
-"""Quiet defaults for TensorFlow's C++ start-up logs; run.py and the package's commands import it first.
+"""Quiet TensorFlow C++ start-up logs; run.py and the package's commands import tensorflow here.
 
 At start TensorFlow's C++ side logs notices that read like failures on a CPU machine: oneDNN and
 CPU-feature notices (INFO) and, without an NVIDIA driver, `E0000 ... failed call to cuInit` (an
