@@ -206,13 +206,13 @@ def run(config: Config, strategy: Optional[tf.distribute.Strategy] = None) -> Ru
 
     training = config.mode in ('train', 'train_then_eval')
     # Only a training run writes checkpoints; an evaluator may follow it (--mode=eval).
-    lock = (run_lock.hold(config.model_dir) if training and train_lib.is_chief(strategy)
-            else contextlib.nullcontext())
+    writes_run_files = training and train_lib.is_chief(strategy)
+    lock = run_lock.hold(config.model_dir) if writes_run_files else contextlib.nullcontext()
     with lock:
-        settings = tf.io.gfile.join(config.model_dir, run_files.FLAGS) if training else None
+        settings = tf.io.gfile.join(config.model_dir, run_files.FLAGS)
         # A resumed run keeps its settings until it evaluates: a resume that then fails (say, on
         # another architecture than its checkpoint's) must not overwrite them.
-        if settings and train_lib.is_chief(strategy) and not tf.io.gfile.exists(settings):
+        if writes_run_files and not tf.io.gfile.exists(settings):
             io_util.write_json_atomic(settings, config.to_dict())
         try:
             return _run_mode(config, builder, strategy)
